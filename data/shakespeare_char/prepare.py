@@ -1,0 +1,50 @@
+"""
+Tiny Shakespeare at the character level: 65 characters + [MASK] (id 65).
+    python data/shakespeare_char/prepare.py                  # downloads input.txt
+    python data/shakespeare_char/prepare.py path/to/input.txt  # or uses a local copy
+Writes train.bin / val.bin (uint16, 90/10 split) and meta.pkl next to this file.
+"""
+
+import os
+import pickle
+import sys
+import urllib.request
+
+import numpy as np
+
+URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+here = os.path.dirname(os.path.abspath(__file__))
+
+
+def read_input(here, argv):
+    """The text from argv[1], from input.txt beside the script, or downloaded to it."""
+    path = argv[1] if len(argv) > 1 else os.path.join(here, "input.txt")
+    if not os.path.exists(path):
+        if len(argv) > 1:
+            sys.exit(f"error: {path} not found")
+        try:
+            with urllib.request.urlopen(URL, timeout=30) as r:
+                text = r.read().decode("utf-8")
+        except OSError as e:
+            sys.exit(f"error: could not download {URL} ({e}); pass a local copy: "
+                     f"python {os.path.relpath(here)}/prepare.py path/to/input.txt")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+if __name__ == "__main__":
+    text = read_input(here, sys.argv)
+    chars = sorted(set(text))
+    stoi = {c: i for i, c in enumerate(chars)}
+    meta = dict(tokenizer="char", vocab_size=len(chars) + 1, mask_id=len(chars), eos_id=-1,
+                stoi=stoi, itos={i: c for c, i in stoi.items()})
+    ids = np.array([stoi[c] for c in text], dtype=np.uint16)
+    n = int(0.9 * len(ids))
+    ids[:n].tofile(os.path.join(here, "train.bin"))
+    ids[n:].tofile(os.path.join(here, "val.bin"))
+    with open(os.path.join(here, "meta.pkl"), "wb") as f:
+        pickle.dump(meta, f)
+    print(f"{len(text):,} characters, vocab {meta['vocab_size']} (incl. [MASK]); "
+          f"train {n:,} tokens, val {len(ids) - n:,} tokens")

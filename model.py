@@ -1,0 +1,190 @@
+"""
+A transformer for diffusion language models: RoPE, RMSNorm, SwiGLU, no biases.
+
+Bidirectional by default (a masked diffusion model sees the whole canvas); `causal=True` gives the
+autoregressive baseline from the same code. The logit of [MASK] is always -inf: the model predicts
+clean tokens only.
+
+The K/V seam used by fast_sample.py: `forward(idx, start=s, kv=cache)` runs only the tokens `idx`
+that sit at canvas positions s..s+n-1; the keys/values of the other positions come from `cache`
+(one (k, v) pair per layer, each (B, n_head, T_cache, head_dim)). Each layer attends over
+    K = cat(cache_k[:, :, :s], k_fresh, cache_k[:, :, s+n:])
+which is the prefix cache when the cache holds only the prefix (T_cache = s) and the dual cache
+when it holds every position (T_cache = T). With `return_kv=True` forward also returns the fresh
+(k, v) of the tokens it ran, per layer.
+"""
+
+import inspect
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 256   # longest canvas (RoPE tables are built for it)
+    vocab_size: int = 66    # including [MASK]
+    mask_id: int = 65       # its logit is -inf; -1 for none
+    n_layer: int = 6
+    n_head: int = 6
+    n_embd: int = 384
+    dropout: float = 0.0
+    causal: bool = False    # True: autoregressive baseline
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim, eps=1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        return F.rms_norm(x, (x.size(-1),), self.weight, self.eps)
+
+
+def rope_tables(head_dim, n_pos, base=10000.0):
+    # cos/sin of the rotation angle pos * base^(-2i/d) for every position: (n_pos, head_dim/2)
+    inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+    ang = torch.outer(torch.arange(n_pos, dtype=torch.float32), inv_freq)
+    return ang.cos(), ang.sin()
+
+
+def apply_rope(x, cos, sin):
+    # x: (B, H, T, D); cos/sin: (T, D/2) or (B, 1, T, D/2). Rotates pairs (x_i, x_{i+D/2}).
+    x1, x2 = x.float().chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).type_as(x)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        assert cfg.n_embd % cfg.n_head == 0
+        self.n_head, self.causal, self.dropout = cfg.n_head, cfg.causal, cfg.dropout
+        self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=False)
+        self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=False)
+
+    def forward(self, x, cos, sin, start, kv, key_mask):
+        B, n, C = x.shape
+        q, k, v = self.qkv(x).view(B, n, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)  # (B, H, n, D)
+        fresh = (k, v)
+        if kv is not None:  # splice the fresh keys/values into the cached ones at [start, start+n)
+            ck, cv = kv
+            k = torch.cat([ck[:, :, :start], k, ck[:, :, start + n:]], dim=2)  # (B, H, T_k, D)
+            v = torch.cat([cv[:, :, :start], v, cv[:, :, start + n:]], dim=2)
+        T_k = k.size(2)
+        mask = None if key_mask is None else key_mask[:, None, None, :T_k]  # (B, 1, 1, T_k)
+        if self.causal and (kv is not None or mask is not None):
+            # query i sits at canvas position start + i and may see keys j <= start + i
+            tri = torch.arange(T_k, device=x.device)[None, :] <= start + torch.arange(n, device=x.device)[:, None]
+            mask = tri if mask is None else mask & tri
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                           dropout_p=self.dropout if self.training else 0.0,
+                                           is_causal=self.causal and mask is None)
+        y = y.transpose(1, 2).reshape(B, n, C)
+        return self.proj(y), fresh
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        hidden = 64 * math.ceil(8 * cfg.n_embd / 3 / 64)  # ~8/3 d keeps the parameter count of a 4d GELU MLP
+        self.gate_up = nn.Linear(cfg.n_embd, 2 * hidden, bias=False)
+        self.down = nn.Linear(hidden, cfg.n_embd, bias=False)
+
+    def forward(self, x):
+        g, u = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(F.silu(g) * u)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.norm1, self.attn = RMSNorm(cfg.n_embd), Attention(cfg)
+        self.norm2, self.mlp = RMSNorm(cfg.n_embd), SwiGLU(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, cos, sin, start, kv, key_mask):
+        a, fresh = self.attn(self.norm1(x), cos, sin, start, kv, key_mask)
+        x = x + self.drop(a)
+        x = x + self.drop(self.mlp(self.norm2(x)))
+        return x, fresh
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.config = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.norm_f = RMSNorm(cfg.n_embd)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.wte.weight = self.lm_head.weight  # weight tying
+        cos, sin = rope_tables(cfg.n_embd // cfg.n_head, cfg.block_size)
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():  # GPT-2: scale the residual projections by 1/sqrt(2 n_layer)
+            if name.endswith("proj.weight") or name.endswith("down.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    def _init_weights(self, m):
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, mean=0.0, std=0.02)
+
+    def num_params(self):
+        return sum(p.numel() for p in self.parameters())  # tied weights are counted once
+
+    def forward(self, idx, start=0, kv=None, pos=None, key_mask=None, return_kv=False):
+        """
+        idx: (B, n) token ids at canvas positions start..start+n-1.
+        kv: optional per-layer list of cached (k, v), see the module docstring.
+        pos: optional (B, n) RoPE positions (default: the canvas positions); left-padded batches
+             pass each row's own positions so that a row sees what it would see alone.
+        key_mask: optional (B, T_k) bool, False for keys that must not be attended to (padding).
+        Returns logits (B, n, V) in float32, and with return_kv the list of fresh (k, v).
+        """
+        B, n = idx.shape
+        if start + n > self.config.block_size:
+            raise ValueError(f"sequence of length {start + n} exceeds the model's block_size {self.config.block_size}")
+        if pos is None:
+            cos, sin = self.cos[start:start + n], self.sin[start:start + n]
+        else:
+            cos, sin = self.cos[pos][:, None], self.sin[pos][:, None]  # (B, 1, n, D/2)
+        x = self.drop(self.wte(idx))
+        new_kv = []
+        for i, block in enumerate(self.blocks):
+            x, fresh = block(x, cos, sin, start, None if kv is None else kv[i], key_mask)
+            new_kv.append(fresh)
+        logits = self.lm_head(self.norm_f(x)).float()
+        if self.config.mask_id >= 0:
+            logits[..., self.config.mask_id] = float("-inf")
+        return (logits, new_kv) if return_kv else logits
+
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
+        # decay the matrices (2D), not the norms' gains
+        params = [p for p in self.parameters() if p.requires_grad]
+        groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+        fused = device_type == "cuda" and "fused" in inspect.signature(torch.optim.AdamW).parameters
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **({"fused": True} if fused else {}))
+
+
+def load_checkpoint(path, device="cpu"):
+    """(model, ckpt) from a ckpt.pt written by train.py, loaded with weights_only=True (a checkpoint is
+    untrusted input). A missing or unreadable file stops the program with one line."""
+    if not os.path.exists(path):
+        raise SystemExit(f"error: checkpoint {path} not found (train one first: python train.py config/shakespeare.py)")
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+        model = GPT(GPTConfig(**ckpt["model_args"]))
+        model.load_state_dict(ckpt["model"])
+    except Exception as e:
+        msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise SystemExit(f"error: {path} is not a valid checkpoint ({type(e).__name__}: {msg})")
+    return model.to(device), ckpt

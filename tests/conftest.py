@@ -1,0 +1,63 @@
+import os
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from model import GPT, GPTConfig  # noqa: E402
+
+WORDS = "the cat sat on a mat and then ran to see her small dog who was not there".split()
+
+
+def tiny_text(n_words, seed=0):
+    rng = np.random.default_rng(seed)
+    lines = []
+    for _ in range(n_words // 8):
+        lines.append(" ".join(rng.choice(WORDS, size=8)))
+    return "\n".join(lines) + "\n"
+
+
+def write_char_dataset(folder, text):
+    """A prepared character-level dataset in `folder`, laid out as data/shakespeare_char/prepare.py does."""
+    os.makedirs(folder, exist_ok=True)
+    chars = sorted(set(text))
+    stoi = {c: i for i, c in enumerate(chars)}
+    meta = dict(tokenizer="char", vocab_size=len(chars) + 1, mask_id=len(chars), eos_id=-1,
+                stoi=stoi, itos={i: c for c, i in stoi.items()})
+    ids = np.array([stoi[c] for c in text], dtype=np.uint16)
+    n = int(0.9 * len(ids))
+    ids[:n].tofile(os.path.join(folder, "train.bin"))
+    ids[n:].tofile(os.path.join(folder, "val.bin"))
+    with open(os.path.join(folder, "meta.pkl"), "wb") as f:
+        pickle.dump(meta, f)
+    return meta
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    folder = str(tmp_path_factory.mktemp("data") / "tiny")
+    write_char_dataset(folder, tiny_text(20000))
+    return folder
+
+
+TINY_TRAIN = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=8",
+              "--eval_iters=2", "--warmup_iters=2", "--learning_rate=3e-3", "--min_lr=3e-4"]
+
+
+def run(script, *args, env=None, timeout=300):
+    """Run a project script (or a command list) from the repository root; returns CompletedProcess."""
+    cmd = [sys.executable, os.path.join(ROOT, script), *args] if isinstance(script, str) else list(script)
+    full_env = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+def tiny_model(causal=False, V=12, T=16, **kw):
+    torch.manual_seed(0)
+    cfg = GPTConfig(block_size=T, vocab_size=V, mask_id=V - 1, n_layer=2, n_head=2, n_embd=32, causal=causal, **kw)
+    return GPT(cfg).eval()

@@ -1,0 +1,55 @@
+import os
+import pickle
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, run
+from tokenizer import get_codec
+
+TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n" * 20
+SHARED_BPE = os.path.join(ROOT, "..", "shared", "tiktoken_cache")
+
+
+def prepare(tmp_path, name, env=None):
+    """Run data/<name>/prepare.py on a local input file, from a copy of data/ (the repo stays clean)."""
+    shutil.copytree(os.path.join(ROOT, "data"), tmp_path / "data",
+                    ignore=shutil.ignore_patterns("*.bin", "*.pkl", "input.txt"), dirs_exist_ok=True)
+    (tmp_path / "input.txt").write_text(TEXT)
+    r = run(str(tmp_path / "data" / name / "prepare.py"), str(tmp_path / "input.txt"), env=env)
+    assert r.returncode == 0, r.stderr
+    folder = tmp_path / "data" / name
+    with open(folder / "meta.pkl", "rb") as f:
+        meta = pickle.load(f)
+    ids = [np.fromfile(folder / f"{s}.bin", dtype=np.uint16).tolist() for s in ("train", "val")]
+    return meta, ids
+
+
+def test_char_round_trip(tmp_path):
+    meta, (train, val) = prepare(tmp_path, "shakespeare_char")
+    encode, decode = get_codec(meta)
+    assert meta["vocab_size"] == len(set(TEXT)) + 1 and meta["mask_id"] == len(set(TEXT))
+    assert decode(train + val) == TEXT
+    assert encode(TEXT) == train + val
+    assert decode([meta["mask_id"]]) == "_"
+    with pytest.raises(ValueError, match="not in the vocabulary"):
+        encode("Zebra!")
+
+
+def test_bpe_round_trip(tmp_path):
+    if not os.path.isdir(SHARED_BPE) and "TIKTOKEN_CACHE_DIR" not in os.environ:
+        pytest.skip("no offline GPT-2 BPE cache")
+    env = {"TIKTOKEN_CACHE_DIR": os.environ.get("TIKTOKEN_CACHE_DIR", SHARED_BPE)}
+    os.environ.setdefault("TIKTOKEN_CACHE_DIR", env["TIKTOKEN_CACHE_DIR"])
+    meta, (train, val) = prepare(tmp_path, "shakespeare", env=env)
+    assert meta["vocab_size"] == 50258 and meta["mask_id"] == 50257 and meta["eos_id"] == 50256
+    encode, decode = get_codec(meta)
+    assert decode(train) + decode(val) == TEXT
+    assert max(train + val) < meta["mask_id"]
+    assert decode(encode("hear me speak") + [meta["mask_id"]]) == "hear me speak_"
+
+
+def test_missing_input_is_one_line(tmp_path):
+    r = run("data/shakespeare_char/prepare.py", str(tmp_path / "nope.txt"))
+    assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1 and "not found" in r.stderr

@@ -1,0 +1,265 @@
+"""
+Train a masked diffusion language model (MDLM / LLaDA pretraining) or, with --objective=ar, the
+autoregressive baseline, through the same loop. nanoGPT style:
+
+    python train.py config/shakespeare.py                       # one process, CPU or GPU
+    torchrun --standalone --nproc_per_node=8 train.py config/shakespeare.py   # DDP
+    python train.py config/shakespeare.py --init_from=resume    # continue from out_dir/ckpt.pt
+
+Every step's global batch (token windows, times t, masks) is drawn from a generator seeded by
+(seed, step) and then split among processes and micro-steps: N processes give the weights that one
+process gives with the same global batch, and a resumed run continues exactly as if never stopped.
+"""
+
+import math
+import os
+import subprocess
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.distributed import init_process_group, destroy_process_group
+from tqdm import tqdm
+
+from configurator import configure
+from diffusion import SCHEDULES, sample_t, q_sample, sample_count, q_sample_count, loss_weight, elbo_loss
+from model import GPT, GPTConfig, load_checkpoint
+from tokenizer import load_meta
+
+# -----------------------------------------------------------------------------
+# defaults: a small character-level masked diffusion model on Tiny Shakespeare
+# I/O
+out_dir = "out-shakespeare-char"
+init_from = "scratch"   # 'scratch' or 'resume' (from out_dir/ckpt.pt)
+eval_interval = 250     # evaluate (and checkpoint) every this many steps, and at the end
+eval_iters = 20         # val batches per evaluation: the same windows and masks every time
+log_interval = 0        # >0: also print the training loss every this many steps
+always_save_checkpoint = True  # False: save only when val improves
+eval_only = False
+# data
+dataset = "shakespeare_char"  # a folder of data/, or a path to a prepared folder
+batch_size = 32         # sequences per micro-step and process
+block_size = 256
+gradient_accumulation_steps = 1  # in total: divided among the DDP processes
+# model
+n_layer = 4
+n_head = 4
+n_embd = 128
+dropout = 0.0
+# objective
+objective = "mdlm"      # 'mdlm' (masked diffusion ELBO) or 'ar' (causal next-token loss)
+schedule = "linear"     # noise schedule alpha_t, see diffusion.SCHEDULES
+masking = "rate"        # 'rate': each token masked w.p. 1 - alpha_t (MDLM); 'count': exactly l ~ U{1..L} (LLaDA)
+t_eps = 1e-3            # t ~ U(t_eps, 1)
+antithetic = True       # low-discrepancy times across the global batch
+# AdamW with linear warmup and cosine decay
+learning_rate = 1e-3
+max_iters = 2000
+weight_decay = 0.1
+beta1 = 0.9
+beta2 = 0.99
+grad_clip = 1.0         # 0: off
+decay_lr = True
+warmup_iters = 100
+lr_decay_iters = 2000   # ~ max_iters
+min_lr = 1e-4           # ~ learning_rate / 10
+# system
+device = "cuda" if torch.cuda.is_available() else "cpu"
+dtype = "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float32"
+compile = False         # torch.compile the model
+seed = 1337
+# -----------------------------------------------------------------------------
+config_keys = [k for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str))]
+globals().update(configure({k: globals()[k] for k in config_keys}))
+config = {k: globals()[k] for k in config_keys}
+for key, allowed in [("objective", ("mdlm", "ar")), ("schedule", SCHEDULES),
+                     ("masking", ("rate", "count")),
+                     ("init_from", ("scratch", "resume")), ("dtype", ("float32", "bfloat16"))]:
+    if config[key] not in allowed:
+        sys.exit(f"error: {key} must be one of {allowed}, got {config[key]!r}")
+# -----------------------------------------------------------------------------
+
+# processes: torchrun sets RANK/LOCAL_RANK/WORLD_SIZE; gloo on CPU, nccl on GPU
+ddp = int(os.environ.get("RANK", -1)) != -1
+if ddp:
+    init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    if device.startswith("cuda"):
+        device = f"cuda:{os.environ['LOCAL_RANK']}"
+        torch.cuda.set_device(device)
+    if gradient_accumulation_steps % world:
+        sys.exit(f"error: gradient_accumulation_steps={gradient_accumulation_steps} is not divisible by {world} processes")
+else:
+    rank, world = 0, 1
+master = rank == 0
+accum = gradient_accumulation_steps // world  # micro-steps per process
+G = batch_size * gradient_accumulation_steps  # sequences in one optimizer step, over all processes
+device_type = "cuda" if device.startswith("cuda") else "cpu"
+torch.backends.cuda.matmul.allow_tf32 = True
+torch.backends.cudnn.allow_tf32 = True
+ctx = nullcontext() if dtype == "float32" else torch.autocast(device_type, dtype=torch.bfloat16)
+if master:
+    os.makedirs(out_dir, exist_ok=True)
+
+# data: data/<dataset>/ (or any folder given by path) with train.bin, val.bin, meta.pkl; prepared on first use
+data_dir = dataset if os.sep in dataset else os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", dataset)
+if not os.path.exists(os.path.join(data_dir, "val.bin")):
+    prepare = os.path.join(data_dir, "prepare.py")
+    if not os.path.exists(prepare):
+        sys.exit(f"error: unknown dataset {dataset!r}: no {os.path.relpath(prepare)}")
+    if ddp:
+        sys.exit(f"error: dataset {dataset!r} is not prepared; run python {os.path.relpath(prepare)} first")
+    print(f"preparing {dataset} ...")
+    if subprocess.run([sys.executable, prepare]).returncode:
+        sys.exit(1)  # prepare.py has said why in one line
+meta = load_meta(data_dir)
+mask_id = meta["mask_id"]
+
+
+def get_batch(split, step, n, stream=0, masking=masking):
+    """n windows of block_size + 1 tokens of a split, with their noise, from a generator seeded by
+    (seed, stream, step). 'ar': (x, y) shifted by one. 'mdlm': (x_t, x0, ELBO weight, masked)."""
+    g = torch.Generator().manual_seed((seed * 3 + stream) * 10**9 + step)
+    data = np.memmap(os.path.join(data_dir, f"{split}.bin"), dtype=np.uint16, mode="r")
+    ix = torch.randint(len(data) - block_size - 1, (n,), generator=g)
+    xy = torch.stack([torch.from_numpy(data[i:i + block_size + 1].astype(np.int64)) for i in ix.tolist()])
+    if objective == "ar":
+        return xy[:, :-1], xy[:, 1:]
+    x0 = xy[:, :-1]
+    if masking == "count":  # exactly l ~ U{1..L} masks, weight L / l
+        l, w = sample_count(torch.full((n,), block_size), antithetic, generator=g)
+        x_t, masked = q_sample_count(x0, l, mask_id, generator=g)
+    else:  # each token masked w.p. 1 - alpha_t, weight -alpha'_t / (1 - alpha_t)
+        t = sample_t(n, t_eps, antithetic, generator=g)  # antithetic over the whole global batch
+        x_t, masked = q_sample(x0, t, mask_id, schedule, generator=g)
+        w = loss_weight(t, schedule)
+    return x_t, x0, w, masked
+
+
+def loss_fn(model, batch):
+    """Mean loss in nats per token: next-token cross-entropy ('ar') or the negative ELBO ('mdlm')."""
+    batch = [b.to(device, non_blocking=True) for b in batch]
+    if objective == "ar":
+        x, y = batch
+        return F.cross_entropy(model(x).flatten(0, 1), y.flatten())
+    x_t, x0, w, masked = batch
+    return elbo_loss(model(x_t), x0, masked, w).mean()
+
+
+@torch.no_grad()
+def estimate_val():
+    """Val loss on fixed windows and masks: exact NLL for 'ar'; for 'mdlm' the NLL bound, with the
+    lower-variance estimator (exactly l of L masked) whatever the training used: the bound is the same."""
+    raw_model.eval()  # the bare module: only the master evaluates, outside DDP
+    losses = []
+    for k in range(eval_iters):
+        with ctx:
+            losses.append(loss_fn(raw_model, get_batch("val", k, batch_size, stream=1, masking="count")).item())
+    raw_model.train()
+    return sum(losses) / len(losses)
+
+
+def get_lr(it):
+    if it < warmup_iters:
+        return learning_rate * (it + 1) / (warmup_iters + 1)
+    if it > lr_decay_iters:
+        return min_lr
+    ratio = (it - warmup_iters) / max(1, lr_decay_iters - warmup_iters)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (learning_rate - min_lr)
+
+
+# model and optimizer, from scratch or from the checkpoint
+ckpt_path = os.path.join(out_dir, "ckpt.pt")
+iter_num, best_val, prev_time, tokens = 0, float("inf"), 0.0, 0
+if init_from == "resume":
+    model, ckpt = load_checkpoint(ckpt_path, device)
+    if ckpt["config"]["objective"] != objective:
+        sys.exit(f"error: {ckpt_path} was trained with objective={ckpt['config']['objective']}, not {objective}")
+    iter_num, best_val, prev_time, tokens = ckpt["iter_num"], ckpt["best_val"], ckpt["train_time"], ckpt["tokens"]
+else:
+    torch.manual_seed(seed)  # the same initial weights on every process
+    model = GPT(GPTConfig(block_size=block_size, vocab_size=meta["vocab_size"], mask_id=mask_id, n_layer=n_layer,
+                          n_head=n_head, n_embd=n_embd, dropout=dropout, causal=objective == "ar")).to(device)
+if model.config.block_size < block_size:
+    sys.exit(f"error: block_size={block_size} exceeds the checkpoint's {model.config.block_size}")
+optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
+if init_from == "resume":
+    optimizer.load_state_dict(ckpt["optimizer"])
+    del ckpt
+raw_model = model
+if compile:
+    model = torch.compile(model)
+if ddp:
+    model = DDP(model, device_ids=[torch.cuda.current_device()] if device_type == "cuda" else None,
+                broadcast_buffers=False)  # the only buffers are the constant RoPE tables
+if master:
+    print(f"{objective}: {raw_model.num_params() / 1e6:.2f}M parameters | {dataset}, vocab {meta['vocab_size']} | "
+          f"{G} x {block_size} tokens per step ({world} process(es) x {accum} micro-steps x {batch_size}) | {device}")
+
+
+def fmt_val(v):
+    bits = f" = {v / math.log(2):.3f} bits/char" if meta["tokenizer"] == "char" else ""
+    kind = "NLL" if objective == "ar" else "NLL bound"
+    return f"val {kind} {v:.4f} nats/token{bits}"
+
+
+# the loop
+t0 = time.time()
+start_iter, final_val, loss_ema = iter_num, float("nan"), None
+pbar = tqdm(total=max_iters, initial=iter_num, disable=not master, unit="it", dynamic_ncols=True)
+while True:
+    lr = get_lr(iter_num) if decay_lr else learning_rate
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    if master and (iter_num % eval_interval == 0 or iter_num >= max_iters or eval_only):
+        final_val = estimate_val()
+        tqdm.write(f"step {iter_num}: {fmt_val(final_val)}")
+        if eval_only:
+            break
+        if final_val < best_val or always_save_checkpoint:
+            best_val = min(best_val, final_val)
+            if iter_num > start_iter or iter_num >= max_iters:
+                ckpt = dict(model=raw_model.state_dict(), optimizer=optimizer.state_dict(),
+                            model_args=asdict(raw_model.config), iter_num=iter_num, best_val=best_val,
+                            tokens=tokens, train_time=prev_time + time.time() - t0, config=config, meta=meta)
+                torch.save(ckpt, ckpt_path + ".tmp")
+                os.replace(ckpt_path + ".tmp", ckpt_path)  # never leave a half-written checkpoint
+    if iter_num >= max_iters or eval_only:
+        break
+
+    batch = get_batch("train", iter_num, G)
+    for micro in range(accum):
+        rows = slice((rank * accum + micro) * batch_size, (rank * accum + micro + 1) * batch_size)
+        if ddp:  # all-reduce the gradients on the last micro-step only
+            model.require_backward_grad_sync = micro == accum - 1
+        with ctx:
+            loss = loss_fn(model, [b[rows] for b in batch]) / accum
+        loss.backward()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+    iter_num += 1
+    tokens += G * block_size
+    if master:
+        lossf = loss.item() * accum  # this process's last micro-batch
+        loss_ema = lossf if loss_ema is None else 0.9 * loss_ema + 0.1 * lossf
+        if log_interval and iter_num % log_interval == 0:
+            tqdm.write(f"iter {iter_num}: loss {lossf:.6f}")
+        tok_s = (iter_num - start_iter) * G * block_size / (time.time() - t0)
+        pbar.set_postfix_str(f"loss {loss_ema:.4f}, {tok_s:,.0f} tok/s, lr {lr:.1e}", refresh=False)
+        pbar.update(1)
+pbar.close()
+
+if master:
+    wall = time.time() - t0
+    print(f"done: {fmt_val(final_val)} (best {best_val:.4f}) | {iter_num} iters | "
+          f"{tokens / 1e6:.1f}M tokens seen | {wall / 60:.1f} min")
+if ddp:
+    destroy_process_group()
