@@ -12,6 +12,7 @@ rest stay masked ("low-confidence remasking"). k follows the linear schedule: th
 split evenly over its steps, the remainder going to the first steps.
 """
 
+import os
 import sys
 
 import torch
@@ -82,9 +83,9 @@ def generate(model, prompt, gen_length=128, steps=128, block_length=32, temperat
 out_dir = "out-shakespeare-char"
 prompt = "\n"           # text, or FILE:path to read it from a file
 num_samples = 3
-gen_length = 128
-steps = 128             # model calls; steps = gen_length commits one token per step
-block_length = 32
+gen_length = 96         # prompt + gen_length must fit the model's context (128 for config/shakespeare.py)
+steps = 0               # model calls; 0 means gen_length: one token committed per step
+block_length = 32       # semi-autoregressive blocks, decoded left to right; gen_length for one block
 temperature = 0.8
 remasking = "low_confidence"
 seed = 1337
@@ -97,9 +98,13 @@ if __name__ == "__main__":
     if remasking not in REMASKING:
         sys.exit(f"error: remasking must be one of {REMASKING}, got {remasking!r}")
     model, ckpt = load_checkpoint(f"{out_dir}/ckpt.pt", device)
+    if model.config.causal:
+        sys.exit(f"error: {out_dir}/ckpt.pt is an autoregressive model (objective=ar); sample.py samples diffusion models")
     model.eval()
     encode, decode = get_codec(ckpt["meta"])
     if prompt.startswith("FILE:"):
+        if not os.path.isfile(prompt[5:]):
+            sys.exit(f"error: prompt file {prompt[5:]} not found")
         with open(prompt[5:], encoding="utf-8") as f:
             prompt = f.read()
     try:
@@ -112,7 +117,7 @@ if __name__ == "__main__":
     gen = torch.Generator(device=device).manual_seed(seed)
     x = torch.tensor([ids] * num_samples, dtype=torch.long, device=device)
     try:
-        out = generate(model, x, gen_length, steps, block_length, temperature, remasking, generator=gen)
+        out = generate(model, x, gen_length, steps or gen_length, block_length, temperature, remasking, generator=gen)
     except ValueError as e:
         sys.exit(f"error: {e}")
     for row in out.tolist():

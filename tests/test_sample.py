@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from conftest import tiny_model
+from conftest import TINY_TRAIN, run, tiny_model
 from sample import generate, num_transfer_tokens
 
 
@@ -55,3 +55,25 @@ def test_bad_lengths():
     model = tiny_model(T=24)
     with pytest.raises(ValueError, match="divisible"):
         generate(model, torch.zeros(1, 4, dtype=torch.long), gen_length=10, steps=10, block_length=4)
+
+
+def test_cli(tiny_data, tmp_path):
+    out = str(tmp_path)
+    r = run("train.py", f"--dataset={tiny_data}", f"--out_dir={out}", "--max_iters=0", *TINY_TRAIN)
+    assert r.returncode == 0, r.stderr
+    r = run("sample.py", f"--out_dir={out}", "--prompt=the cat", "--gen_length=16", "--block_length=8",
+            "--num_samples=2")
+    assert r.returncode == 0, r.stderr
+    samples = r.stdout.split("---------------\n")[:2]
+    assert len(samples) == 2 and all(s.startswith("the cat") and len(s) == 7 + 16 + 1 for s in samples)
+    for args, words in [(["--prompt=the cat!"], "not in the vocabulary"),
+                        (["--gen_length=32"], "exceeds the model's context"),
+                        (["--gen_length=12", "--block_length=8"], "not divisible"),
+                        (["--remasking=best"], "remasking must be one of"),
+                        (["--prompt=FILE:/no/such/file"], "not found")]:
+        r = run("sample.py", f"--out_dir={out}", *args)
+        assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert words in r.stderr, r.stderr
+    r = run("train.py", f"--dataset={tiny_data}", f"--out_dir={out}/ar", "--max_iters=0", "--objective=ar", *TINY_TRAIN)
+    r = run("sample.py", f"--out_dir={out}/ar")
+    assert r.returncode != 0 and "autoregressive" in r.stderr
