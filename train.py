@@ -195,8 +195,7 @@ raw_model = model
 if compile:
     model = torch.compile(model)
 if ddp:
-    model = DDP(model, device_ids=[torch.cuda.current_device()] if device_type == "cuda" else None,
-                broadcast_buffers=False)  # the only buffers are the constant RoPE tables
+    model = DDP(model, device_ids=[torch.cuda.current_device()] if device_type == "cuda" else None)
 if master:
     print(f"{objective}: {raw_model.num_params() / 1e6:.2f}M parameters | {dataset}, vocab {meta['vocab_size']} | "
           f"{G} x {block_size} tokens per step ({world} process(es) x {accum} micro-steps x {batch_size}) | {device}")
