@@ -1,7 +1,8 @@
 """
 nanoGPT-style configuration: a script keeps its defaults as plain globals, then
     python train.py config/shakespeare.py --batch_size=32 --compile=True
-first runs each config file (plain Python assignments) and then applies each --key=value.
+first runs each config file (plain Python assignments) and then applies each --key=value (a bare
+--flag sets a boolean key to True).
 Unknown keys and values of the wrong type stop the script with one clear line.
 
     from configurator import configure
@@ -62,8 +63,10 @@ def configure(defaults, argv=None):
                     sys.exit(f"error: {arg}: unknown config key {k!r}")
                 cfg[k] = _cast(k, v, defaults[k], arg)
             continue
-        if "=" not in arg:
-            sys.exit(f"error: expected --key=value, got {arg!r}")
+        if "=" not in arg:  # a bare --flag sets a boolean key
+            if not isinstance(defaults.get(arg[2:]), bool):
+                sys.exit(f"error: expected --key=value, got {arg!r}")
+            arg += "=True"
         k, v = arg[2:].split("=", 1)
         if k not in defaults:
             sys.exit(f"error: unknown config key {k!r} (see --help)")

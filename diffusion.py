@@ -106,17 +106,20 @@ def elbo(model, x0, mask_id, schedule="linear", eps=1e-3, maskable=None, count=F
 
 
 @torch.no_grad()
-def nll_bound(model, batches, mask_id, schedule="linear", eps=1e-3, n_draws=1, seed=0, count=False):
+def nll_bound(model, batches, mask_id, schedule="linear", eps=1e-3, n_draws=1, seed=0, count=False,
+              maskable=None):
     """Monte-Carlo upper bound on the NLL per token of held-out data, nats. batches: an iterable of
     (B, L) id tensors. Deterministic given the seed (one generator drives every time and mask draw).
-    count=True uses the lower-variance estimator (q_sample_count).
+    count=True uses the lower-variance estimator (q_sample_count). maskable: optional (L,) bool, the
+    positions to score (the others are given, clean, as context).
     Returns (mean, standard error of the mean over sequences and draws)."""
     vals = []
     gen = None
     for x0 in batches:
         if gen is None:
             gen = torch.Generator(device=x0.device).manual_seed(seed)
+        m = None if maskable is None else maskable.to(x0.device)[None].expand_as(x0)
         for _ in range(n_draws):
-            vals.append(elbo(model, x0, mask_id, schedule, eps, count=count, generator=gen).float())
+            vals.append(elbo(model, x0, mask_id, schedule, eps, m, count, generator=gen).float())
     v = torch.cat(vals)
     return v.mean().item(), (v.std() / math.sqrt(v.numel())).item()

@@ -6,12 +6,13 @@ autoregressive baseline from the same code. The logit of [MASK] is always -inf: 
 clean tokens only.
 
 The K/V seam used by fast_sample.py: `forward(idx, start=s, kv=cache)` runs only the tokens `idx`
-that sit at canvas positions s..s+n-1; the keys/values of the other positions come from `cache`
-(one (k, v) pair per layer, each (B, n_head, T_cache, head_dim)). Each layer attends over
-    K = cat(cache_k[:, :, :s], k_fresh, cache_k[:, :, s+n:])
-which is the prefix cache when the cache holds only the prefix (T_cache = s) and the dual cache
-when it holds every position (T_cache = T). With `return_kv=True` forward also returns the fresh
-(k, v) of the tokens it ran, per layer.
+that sit at canvas positions s..s+n-1; the keys/values of the other positions come from `cache`,
+one (k, v) pair of buffers per layer, each (B, n_head, T, head_dim) for the whole canvas. Each layer
+writes its fresh keys/values into the buffers at [s, s+n) (in place: the cache is the caller's) and
+attends over all T positions. Running the block and everything after it is the prefix cache
+(Fast-dLLM); running the block alone, with cached keys/values on both sides, is the dual cache. With
+`return_kv=True` forward also returns the fresh (k, v) of the tokens it ran, per layer: after a full
+forward, these are the cache.
 """
 
 import inspect
@@ -72,11 +73,10 @@ class Attention(nn.Module):
         q, k, v = self.qkv(x).view(B, n, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)  # (B, H, n, D)
         fresh = (k, v)
-        if kv is not None:  # splice the fresh keys/values into the cached ones at [start, start+n)
-            ck, cv = kv
-            k = torch.cat([ck[:, :, :start], k, ck[:, :, start + n:]], dim=2)  # (B, H, T_k, D)
-            v = torch.cat([cv[:, :, :start], v, cv[:, :, start + n:]], dim=2)
-        T_k = k.size(2)
+        if kv is not None:  # write the fresh keys/values into the cache at [start, start+n)
+            k, v = kv
+            k[:, :, start:start + n], v[:, :, start:start + n] = fresh
+        T_k = k.size(2)  # (B, H, T_k, D)
         mask = None if key_mask is None else key_mask[:, None, None, :T_k]  # (B, 1, 1, T_k)
         if self.causal and (kv is not None or mask is not None):
             # query i sits at canvas position start + i and may see keys j <= start + i
@@ -143,7 +143,7 @@ class GPT(nn.Module):
     def forward(self, idx, start=0, kv=None, pos=None, key_mask=None, return_kv=False):
         """
         idx: (B, n) token ids at canvas positions start..start+n-1.
-        kv: optional per-layer list of cached (k, v), see the module docstring.
+        kv: optional per-layer list of (k, v) cache buffers, written in place (see the module docstring).
         pos: optional (B, n) RoPE positions (default: the canvas positions); left-padded batches
              pass each row's own positions so that a row sees what it would see alone.
         key_mask: optional (B, T_k) bool, False for keys that must not be attended to (padding).

@@ -61,3 +61,14 @@ def tiny_model(causal=False, V=12, T=16, **kw):
     torch.manual_seed(0)
     cfg = GPTConfig(block_size=T, vocab_size=V, mask_id=V - 1, n_layer=2, n_head=2, n_embd=32, causal=causal, **kw)
     return GPT(cfg).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_judge(tiny_data, tmp_path_factory):
+    """A small AR model trained for a few seconds on the tiny corpus: (out_dir, model)."""
+    out = str(tmp_path_factory.mktemp("judge"))
+    r = run("train.py", f"--dataset={tiny_data}", f"--out_dir={out}", "--objective=ar", *TINY_TRAIN,
+            "--n_embd=64", "--batch_size=16", "--max_iters=300", "--lr_decay_iters=300", "--eval_interval=300")
+    assert r.returncode == 0, r.stderr
+    from model import load_checkpoint
+    return out, load_checkpoint(os.path.join(out, "ckpt.pt"))[0].eval()

@@ -32,17 +32,26 @@ def test_too_long_sequence_is_an_error():
 @pytest.mark.parametrize("causal", [False, True])
 def test_kv_cache_forward_matches_full_forward(causal):
     # right after a full forward, rerunning a slice against the cached K/V gives the same logits:
-    # prefix cache (cache holds positions < s) and dual cache (cache holds every position)
+    # prefix cache (run the block and everything after it) and dual cache (run the block alone)
     model = tiny_model(causal=causal)
     x = torch.randint(0, 12, (2, 16))
+    s, e = 6, 10
     with torch.no_grad():
         full, kv = model(x, return_kv=True)
-        s, e = 6, 10
-        prefix = [(k[:, :, :s], v[:, :, :s]) for k, v in kv]
-        got_prefix = model(x[:, s:], start=s, kv=prefix)
-        got_dual = model(x[:, s:e], start=s, kv=kv)
+        buf = [(k.clone(), v.clone()) for k, v in kv]
+        got_prefix = model(x[:, s:], start=s, kv=buf)
+        got_dual = model(x[:, s:e], start=s, kv=buf)
+        assert all(torch.allclose(b[0], k, atol=1e-6) for b, k in zip(buf, (k for k, _ in kv)))  # rewritten
+        y = x.clone()
+        y[:, s:e] = (x[:, s:e] + 1) % 11  # the block changes: its fresh K/V are used, the rest cached
+        got_changed = model(y[:, s:e], start=s, kv=buf)
+        ref_changed = model(y)
     assert torch.allclose(got_prefix, full[:, s:], atol=1e-5)
     assert torch.allclose(got_dual, full[:, s:e], atol=1e-5)
+    if causal:  # causal: the positions after the block do not influence it, so the cache is exact
+        assert torch.allclose(got_changed, ref_changed[:, s:e], atol=1e-5)
+    else:  # bidirectional: the cached suffix still reflects the old block, so the cache is approximate
+        assert not torch.allclose(got_changed, ref_changed[:, s:e], atol=1e-5)
 
 
 def test_key_mask_hides_padding():

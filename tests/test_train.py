@@ -92,6 +92,9 @@ def test_configurator():
         configure(d, ["--batch_size=1.5"])
     with pytest.raises(SystemExit, match="flag must be bool"):
         configure(d, ["--flag=1"])
+    assert configure(d, ["--flag"])["flag"] is True
+    with pytest.raises(SystemExit, match="expected --key=value"):
+        configure(d, ["--batch_size"])
 
 
 def test_config_file(tmp_path):
