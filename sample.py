@@ -129,7 +129,7 @@ def generate(model, prompt, gen_length=128, steps=128, block_length=32, temperat
         for i in range(steps):
             masked = x[:, w:e] == m  # (B, e - w)
             if cfg_scale > 0:  # classifier-free guidance: u + (s + 1)(c - u), u = prompt masked
-                c, u = fwd(torch.cat([x, torch.where(given, m, x)])).chunk(2)
+                c, u = fwd(torch.cat([x, torch.where(given, m, x)]), torch.arange(B).repeat(2)).chunk(2)
                 logits = u + (cfg_scale + 1) * (c - u)
                 nfe += 2
             else:
