@@ -23,11 +23,11 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
-from torch.distributed import init_process_group, destroy_process_group
+from torch.distributed import barrier, init_process_group, destroy_process_group
 from tqdm import tqdm
 
 from configurator import configure
-from diffusion import SCHEDULES, sample_t, q_sample, sample_count, q_sample_count, loss_weight, elbo_loss
+from diffusion import SCHEDULES, sample_t, q_sample, sample_count, q_sample_count, loss_weight, elbo_loss, flat_weight
 from model import GPT, GPTConfig, load_checkpoint
 from tokenizer import load_meta
 
@@ -55,6 +55,7 @@ dropout = 0.0
 objective = "mdlm"      # 'mdlm' (masked diffusion ELBO) or 'ar' (causal next-token loss)
 schedule = "linear"     # noise schedule alpha_t, see diffusion.SCHEDULES
 masking = "rate"        # 'rate': each token masked w.p. 1 - alpha_t (MDLM); 'count': exactly l ~ U{1..L} (LLaDA)
+train_loss = "elbo"     # 'elbo': the NELBO (a bound); 'flat': the mean CE of all masked tokens (a surrogate, see diffusion.flat_weight)
 t_eps = 1e-3            # t ~ U(t_eps, 1)
 antithetic = True       # low-discrepancy times across the global batch
 # AdamW with linear warmup and cosine decay
@@ -78,7 +79,7 @@ config_keys = [k for k, v in globals().items() if not k.startswith("_") and isin
 globals().update(configure({k: globals()[k] for k in config_keys}))
 config = {k: globals()[k] for k in config_keys}
 for key, allowed in [("objective", ("mdlm", "ar")), ("schedule", SCHEDULES),
-                     ("masking", ("rate", "count")),
+                     ("masking", ("rate", "count")), ("train_loss", ("elbo", "flat")),
                      ("init_from", ("scratch", "resume")), ("dtype", ("float32", "bfloat16"))]:
     if config[key] not in allowed:
         sys.exit(f"error: {key} must be one of {allowed}, got {config[key]!r}")
@@ -138,6 +139,8 @@ def get_batch(split, step, n, stream=0, masking=masking):
         t = sample_t(n, t_eps, antithetic, generator=g)  # antithetic over the whole global batch
         x_t, masked = q_sample(x0, t, mask_id, schedule, generator=g)
         w = loss_weight(t, schedule)
+    if split == "train" and train_loss == "flat":  # the same masks, every masked token weighted alike
+        w = flat_weight(masked)
     return x_t, x0, w, masked
 
 
@@ -261,4 +264,5 @@ if master:
     print(f"done: {fmt_val(final_val)} (best {best_val:.4f}) | {iter_num} iters | "
           f"{tokens / 1e6:.1f}M tokens seen | {wall / 60:.1f} min")
 if ddp:
+    barrier()  # wait for the master's last evaluation and checkpoint: a rank that leaves early aborts gloo
     destroy_process_group()
