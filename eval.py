@@ -5,8 +5,9 @@ Measuring a model: one stick for every claim in this project.
 
 For each checkpoint (masked diffusion or AR) it prints one row of a table:
 - params, training tokens and wall-clock (from the checkpoint);
-- held-out NLL on the same val tokens, nats/token and bits/char: every non-overlapping window of the
-  val split; token 0 of each window is given, tokens 1..T-1 are scored. AR: the exact NLL.
+- held-out NLL on the same val tokens, nats/token and bits/char (nats/token / ln 2 x tokens/char):
+  every non-overlapping window of the val split; token 0 of each window is given, tokens 1..T-1 are
+  scored. AR: the exact NLL.
   Diffusion: the NLL bound (negative ELBO, LLaDA's lower-variance form: exactly l ~ U{1..T-1}
   tokens masked, weight (T-1)/l), averaged over n_draws noise draws per window, +- its standard
   error. The bound is >= the true NLL, so it favours AR when the two are compared;
@@ -166,10 +167,10 @@ if __name__ == "__main__":
     T_nll = min(m.config.block_size for _, m, _ in models)  # every model scored on the same windows
     windows = val_windows(data_dir, T_nll).to(device)
 
-    is_char = meta["tokenizer"] == "char"
-    print(f"| model | params | train tokens | wall-clock | val NLL (nats/token) | {'bits/char | ' if is_char else ''}"
-          f"gen PPL | entropy |")
-    print(f"| --- | --- | --- | --- | --- | {'--- | ' if is_char else ''}--- | --- |")
+    val_ids = np.fromfile(os.path.join(data_dir, "val.bin"), dtype=np.uint16).tolist()
+    tok_per_char = len(val_ids) / len(decode(val_ids))  # 1 for characters; ~0.3 for GPT-2 BPE on English
+    print("| model | params | train tokens | wall-clock | val NLL (nats/token) | bits/char | gen PPL | entropy |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     shown = []
 
     def row(name, cells, samples):
@@ -177,17 +178,18 @@ if __name__ == "__main__":
         print(f"| {name} | " + " | ".join(cells + [f"{ppl:.2f}", f"{h:.3f}"]) + " |", flush=True)
         shown.append((name, samples))
 
-    row("val text", [""] * (5 if is_char else 4), real)  # the reference: the real continuations
+    row("val text", [""] * 5, real)  # the reference: the real continuations
     for out_dir, model, ckpt in models:
         g = torch.Generator(device=device).manual_seed(seed)
         if model.config.causal:
             samples = generate_ar(model, prompts, gen_length, temperature, g)
         else:
-            samples, _ = generate(model, prompts, gen_length, steps, block_length, temperature, remasking, generator=g)
+            samples, _ = generate(model, prompts, steps, gen_length, block_length, temperature, remasking=remasking,
+                                      generator=g)
         mean, se = heldout_nll(model, windows, n_draws, seed)
         cells = [f"{model.num_params() / 1e6:.2f}M", f"{ckpt['tokens'] / 1e6:.1f}M", f"{ckpt['train_time'] / 60:.1f} min",
                  f"{mean:.3f} +- {se:.3f} ({'exact' if model.config.causal else 'bound'})"]
-        cells += [f"{mean / math.log(2):.3f}"] if is_char else []
+        cells += [f"{mean / math.log(2) * tok_per_char:.3f}"]
         row(f"{out_dir} ({'AR' if model.config.causal else 'MDLM'})", cells, samples)
     print(f"\nval NLL: {len(windows)} val windows of {T_nll} tokens, token 0 given; diffusion bound over "
           f"{n_draws} draws per window. Samples: {num_samples} x {gen_length} tokens after {prompt_len}-token "

@@ -50,12 +50,14 @@ def eos_fill(x, P, m, eos_id):
 
 
 @torch.no_grad()
-def generate(model, prompt, gen_length=128, steps=128, block_length=32, temperature=0.0,
-             remasking="low_confidence", eos_id=-1, forbid_eos=False, pad=None, cache="dual",
-             threshold=0.9, factor=0.0, eos_stop=True, generator=None, on_step=None):
-    """Fast-dLLM. threshold > 0: the threshold rule; else factor > 0: the factor rule; else sample.py's
-    fixed schedule (steps). Returns (canvas (B, P + gen_length), NFE per row)."""
-    m = model.config.mask_id
+def generate(model, prompt, steps=128, gen_length=128, block_length=128, temperature=0.0,
+             remasking="low_confidence", mask_id=None, threshold=0.9, factor=None, cache="dual", eos_id=-1,
+             forbid_eos=False, pad=None, eos_stop=True, generator=None, on_step=None):
+    """Fast-dLLM, with the arguments of its generate_with_dual_cache() first and in its order.
+    threshold > 0: the threshold rule; else factor > 0: the factor rule; else (both 0 or None) sample.py's
+    fixed schedule of `steps`. Returns (canvas (B, P + gen_length), NFE: model calls per row)."""
+    m = model.config.mask_id if mask_id is None else mask_id
+    threshold, factor = threshold or 0.0, factor or 0.0
     B, P = prompt.shape
     if gen_length and gen_length % block_length:
         raise ValueError(f"gen_length={gen_length} is not divisible by block_length={block_length}")

@@ -106,12 +106,13 @@ def canvas(prompt, gen_length, mask_id):
 
 
 @torch.no_grad()
-def generate(model, prompt, gen_length=128, steps=128, block_length=32, temperature=0.0,
-             remasking="low_confidence", cfg_scale=0.0, eos_id=-1, forbid_eos=False, pad=None,
-             generator=None, on_step=None):
-    """The LLaDA sampler. prompt: (B, P) ids, [MASK] allowed (infilled together with the first
-    block); pad: optional (B,) left-padding counts. Returns (canvas (B, P + gen_length), NFE)."""
-    m = model.config.mask_id
+def generate(model, prompt, steps=128, gen_length=128, block_length=128, temperature=0.0, cfg_scale=0.0,
+             remasking="low_confidence", mask_id=None, eos_id=-1, forbid_eos=False, pad=None, generator=None,
+             on_step=None):
+    """The LLaDA sampler, with the arguments of LLaDA's generate() first and in its order.
+    prompt: (B, P) ids, [MASK] allowed (infilled together with the first block); pad: optional (B,)
+    left-padding counts. Returns (canvas (B, P + gen_length), NFE: model calls)."""
+    m = model.config.mask_id if mask_id is None else mask_id
     B, P = prompt.shape
     if gen_length and gen_length % block_length:
         raise ValueError(f"gen_length={gen_length} is not divisible by block_length={block_length}")
@@ -131,6 +132,7 @@ def generate(model, prompt, gen_length=128, steps=128, block_length=32, temperat
             if cfg_scale > 0:  # classifier-free guidance: u + (s + 1)(c - u), u = prompt masked
                 c, u = fwd(torch.cat([x, torch.where(given, m, x)]), torch.arange(B).repeat(2)).chunk(2)
                 logits = u + (cfg_scale + 1) * (c - u)
+                logits[..., m] = float("-inf")  # -inf - (-inf) is nan: [MASK] stays impossible
                 nfe += 2
             else:
                 logits = fwd(x)
@@ -143,6 +145,7 @@ def generate(model, prompt, gen_length=128, steps=128, block_length=32, temperat
             commit = torch.zeros_like(masked)
             for b in range(B):  # per row: its own count, LLaDA's torch.topk selection
                 commit[b, torch.topk(conf[b], k=int(k[b, i])).indices] = True
+            commit &= masked  # (a no-op: k never exceeds the masks left; given tokens are never touched)
             x[:, w:e] = torch.where(commit, x0, x[:, w:e])
             if on_step:
                 on_step(x, F.pad(commit, (w, x.size(1) - e)))
@@ -150,11 +153,11 @@ def generate(model, prompt, gen_length=128, steps=128, block_length=32, temperat
 
 
 @torch.no_grad()
-def generate_ancestral(model, prompt, gen_length=128, steps=128, temperature=1.0, schedule="linear",
-                       eta=0.0, eos_id=-1, forbid_eos=False, pad=None, generator=None, on_step=None):
+def generate_ancestral(model, prompt, steps=128, gen_length=128, temperature=1.0, schedule="linear",
+                       eta=0.0, mask_id=None, eos_id=-1, forbid_eos=False, pad=None, generator=None, on_step=None):
     """MDLM ancestral sampling (eta = 0) or ReMDM remasking (eta > 0) on the time grid
     1 = t_0 > t_1 > ... > t_steps = 0. Returns (canvas, NFE: model calls per row)."""
-    m = model.config.mask_id
+    m = model.config.mask_id if mask_id is None else mask_id
     x = canvas(prompt, gen_length, m)
     B, given = x.size(0), x != m
     fwd = padded_forward(model, pad, x.size(1))
@@ -289,14 +292,14 @@ if __name__ == "__main__":
     try:
         if fast:
             from fast_sample import generate as fast_generate
-            out, nfe = fast_generate(model, x, gen_length, steps, block_length if gen_length else 0, temperature,
-                                     remasking, eos, forbid_eos, cache=cache, threshold=threshold, factor=factor,
-                                     generator=gen, on_step=view)
+            out, nfe = fast_generate(model, x, steps, gen_length, block_length if gen_length else 0, temperature,
+                                     remasking, threshold=threshold, factor=factor, cache=cache, eos_id=eos,
+                                     forbid_eos=forbid_eos, generator=gen, on_step=view)
         elif sampler == "llada":
-            out, nfe = generate(model, x, gen_length, steps, block_length if gen_length else 0, temperature, remasking,
-                                cfg_scale, eos, forbid_eos, generator=gen, on_step=view)
+            out, nfe = generate(model, x, steps, gen_length, block_length if gen_length else 0, temperature, cfg_scale,
+                                remasking, eos_id=eos, forbid_eos=forbid_eos, generator=gen, on_step=view)
         else:
-            out, nfe = generate_ancestral(model, x, gen_length, steps, temperature, eta=eta if sampler == "remdm" else 0.0,
+            out, nfe = generate_ancestral(model, x, steps, gen_length, temperature, eta=eta if sampler == "remdm" else 0.0,
                                           eos_id=eos, forbid_eos=forbid_eos, generator=gen, on_step=view)
     except ValueError as e:
         sys.exit(f"error: {e}")

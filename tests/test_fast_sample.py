@@ -14,9 +14,9 @@ M = 11
 def test_no_cache_fixed_schedule_equals_sample_py(temperature, gen_length, steps, block_length):
     model = tiny_model(T=48)
     prompt = torch.randint(0, 11, (3, 10), generator=torch.Generator().manual_seed(steps))
-    args = (model, prompt, gen_length, steps, block_length, temperature, "low_confidence")
-    a, nfe_a = sample.generate(*args, generator=torch.Generator().manual_seed(0))
-    b, nfe_b = fast_sample.generate(*args, cache="none", threshold=0.0, factor=0.0,
+    args = (model, prompt, steps, gen_length, block_length, temperature)
+    a, nfe_a = sample.generate(*args, remasking="low_confidence", generator=torch.Generator().manual_seed(0))
+    b, nfe_b = fast_sample.generate(*args, remasking="low_confidence", cache="none", threshold=None, factor=None,
                                     generator=torch.Generator().manual_seed(0))
     assert torch.equal(a, b) and nfe_a == nfe_b == steps
 
