@@ -2,7 +2,8 @@ import math
 
 import torch
 
-from diffusion import alpha, loss_weight, sample_t, q_sample, q_sample_count, sample_count, elbo_loss, elbo, nll_bound
+from diffusion import (alpha, elbo, elbo_loss, flat_weight, loss_weight, nll_bound, q_sample, q_sample_count,
+                       sample_count, sample_t)
 from conftest import tiny_model
 
 
@@ -130,3 +131,18 @@ def test_count_and_rate_estimators_agree():
     se = (rate.var() / len(rate) + count.var() / len(count)).sqrt()
     assert abs(rate.mean() - count.mean()) < 4 * se, (rate.mean(), count.mean(), se)
     assert count.var() < rate.var()
+
+
+def test_flat_weight_gives_the_masked_token_mean():
+    torch.manual_seed(0)
+    B, L, V = 4, 12, 7
+    x0 = torch.randint(0, V - 1, (B, L))
+    logits = torch.randn(B, L, V)
+    masked = torch.rand(B, L) < torch.tensor([0.1, 0.3, 0.6, 0.9])[:, None]
+    ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), x0, reduction="none")
+    assert torch.allclose(elbo_loss(logits, x0, masked, flat_weight(masked)).mean(), ce[masked].mean())
+    maskable = torch.ones(B, L, dtype=torch.bool)
+    maskable[:, :4] = False  # SFT: a 4-token prompt, never masked
+    masked &= maskable
+    got = elbo_loss(logits, x0, masked, flat_weight(masked, maskable), maskable).mean()
+    assert torch.allclose(got, ce[masked].mean())
