@@ -1,5 +1,5 @@
+import importlib.util
 import os
-import pickle
 import subprocess
 import sys
 
@@ -24,19 +24,12 @@ def tiny_text(n_words, seed=0):
 
 
 def write_char_dataset(folder, text):
-    """A prepared character-level dataset in `folder`, laid out as data/shakespeare_char/prepare.py does."""
+    """A prepared character-level dataset in `folder`, written by data/shakespeare_char/prepare.py."""
     os.makedirs(folder, exist_ok=True)
-    chars = sorted(set(text))
-    stoi = {c: i for i, c in enumerate(chars)}
-    meta = dict(tokenizer="char", vocab_size=len(chars) + 1, mask_id=len(chars), eos_id=-1,
-                stoi=stoi, itos={i: c for c, i in stoi.items()})
-    ids = np.array([stoi[c] for c in text], dtype=np.uint16)
-    n = int(0.9 * len(ids))
-    ids[:n].tofile(os.path.join(folder, "train.bin"))
-    ids[n:].tofile(os.path.join(folder, "val.bin"))
-    with open(os.path.join(folder, "meta.pkl"), "wb") as f:
-        pickle.dump(meta, f)
-    return meta
+    spec = importlib.util.spec_from_file_location("prepare_char", os.path.join(ROOT, "data", "shakespeare_char", "prepare.py"))
+    prep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(prep)
+    return prep.prepare(text, folder)
 
 
 @pytest.fixture(scope="session")

@@ -34,17 +34,22 @@ def read_input(here, argv):
         return f.read()
 
 
-if __name__ == "__main__":
-    text = read_input(here, sys.argv)
+def prepare(text, folder):
+    """Write train.bin / val.bin (90/10) and meta.pkl for `text` into `folder`; returns the meta."""
     chars = sorted(set(text))
     stoi = {c: i for i, c in enumerate(chars)}
     meta = dict(tokenizer="char", vocab_size=len(chars) + 1, mask_id=len(chars), eos_id=-1,
                 stoi=stoi, itos={i: c for c, i in stoi.items()})
     ids = np.array([stoi[c] for c in text], dtype=np.uint16)
     n = int(0.9 * len(ids))
-    ids[:n].tofile(os.path.join(here, "train.bin"))
-    ids[n:].tofile(os.path.join(here, "val.bin"))
-    with open(os.path.join(here, "meta.pkl"), "wb") as f:
+    ids[:n].tofile(os.path.join(folder, "train.bin"))
+    ids[n:].tofile(os.path.join(folder, "val.bin"))
+    with open(os.path.join(folder, "meta.pkl"), "wb") as f:
         pickle.dump(meta, f)
     print(f"{len(text):,} characters, vocab {meta['vocab_size']} (incl. [MASK]); "
           f"train {n:,} tokens, val {len(ids) - n:,} tokens")
+    return meta
+
+
+if __name__ == "__main__":
+    prepare(read_input(here, sys.argv), here)
