@@ -55,7 +55,7 @@ def rope_tables(head_dim, n_pos, base=10000.0):
 
 
 def apply_rope(x, cos, sin):
-    # x: (B, H, T, D); cos/sin: (T, D/2) or (B, 1, T, D/2). Rotates pairs (x_i, x_{i+D/2}).
+    # x: (..., B, H, T, D); cos/sin: (T, D/2) or (B, 1, T, D/2). Rotates pairs (x_i, x_{i+D/2}).
     x1, x2 = x.float().chunk(2, dim=-1)
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).type_as(x)
 
@@ -70,8 +70,8 @@ class Attention(nn.Module):
 
     def forward(self, x, cos, sin, start, kv, key_mask):
         B, n, C = x.shape
-        q, k, v = self.qkv(x).view(B, n, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)  # (B, H, n, D)
+        qkv = self.qkv(x).view(B, n, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)  # (3, B, H, n, D)
+        (q, k), v = apply_rope(qkv[:2], cos, sin), qkv[2]  # q and k rotated in one go
         fresh = (k, v)
         if kv is not None:  # write the fresh keys/values into the cache at [start, start+n)
             k, v = kv
