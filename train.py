@@ -13,6 +13,7 @@ process gives with the same global batch, and a resumed run continues exactly as
 
 import math
 import os
+import pickle
 import subprocess
 import sys
 import time
@@ -35,14 +36,14 @@ from tokenizer import load_meta
 # defaults: a small character-level masked diffusion model on Tiny Shakespeare
 # I/O
 out_dir = "out-shakespeare-char"
-init_from = "scratch"   # 'scratch' or 'resume' (from out_dir/ckpt.pt)
+init_from = "scratch"   # 'scratch', 'resume' (from out_dir/ckpt.pt), or a checkpoint to fine-tune (SFT) from
 eval_interval = 250     # evaluate (and checkpoint) every this many steps, and at the end
 eval_iters = 20         # val batches per evaluation: the same windows and masks every time
 log_interval = 0        # >0: also print the training loss every this many steps
 always_save_checkpoint = True  # False: save only when val improves
 eval_only = False
 # data
-dataset = "shakespeare_char"  # a folder of data/, or a path to a prepared folder
+dataset = "shakespeare_char"  # a folder of data/, or a path to a prepared folder (a token stream, or SFT pairs)
 batch_size = 32         # sequences per micro-step and process
 block_size = 256
 gradient_accumulation_steps = 1  # in total: divided among the DDP processes
@@ -80,9 +81,11 @@ globals().update(configure({k: globals()[k] for k in config_keys}))
 config = {k: globals()[k] for k in config_keys}
 for key, allowed in [("objective", ("mdlm", "ar")), ("schedule", SCHEDULES),
                      ("masking", ("rate", "count")), ("train_loss", ("elbo", "flat")),
-                     ("init_from", ("scratch", "resume")), ("dtype", ("float32", "bfloat16"))]:
+                     ("dtype", ("float32", "bfloat16"))]:
     if config[key] not in allowed:
         sys.exit(f"error: {key} must be one of {allowed}, got {config[key]!r}")
+if init_from not in ("scratch", "resume") and not os.path.exists(init_from):
+    sys.exit(f"error: init_from must be 'scratch', 'resume' or a checkpoint to fine-tune from; {init_from} not found")
 # -----------------------------------------------------------------------------
 
 # processes: torchrun sets RANK/LOCAL_RANK/WORLD_SIZE; gloo on CPU, nccl on GPU
@@ -107,9 +110,10 @@ ctx = nullcontext() if dtype == "float32" else torch.autocast(device_type, dtype
 if master:
     os.makedirs(out_dir, exist_ok=True)
 
-# data: data/<dataset>/ (or any folder given by path) with train.bin, val.bin, meta.pkl; prepared on first use
+# data: data/<dataset>/ (or any folder given by path) with meta.pkl and either train.bin / val.bin (a token
+# stream: pretraining) or train_sft.pkl / val_sft.pkl (prompt/response pairs: SFT); prepared on first use
 data_dir = dataset if os.sep in dataset else os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", dataset)
-if not os.path.exists(os.path.join(data_dir, "val.bin")):
+if not any(os.path.exists(os.path.join(data_dir, f)) for f in ("val.bin", "val_sft.pkl")):
     prepare = os.path.join(data_dir, "prepare.py")
     if not os.path.exists(prepare):
         sys.exit(f"error: unknown dataset {dataset!r}: no {os.path.relpath(prepare)}")
@@ -120,28 +124,54 @@ if not os.path.exists(os.path.join(data_dir, "val.bin")):
         sys.exit(1)  # prepare.py has said why in one line
 meta = load_meta(data_dir)
 mask_id = meta["mask_id"]
+sft = os.path.exists(os.path.join(data_dir, "train_sft.pkl"))
+if sft:  # (prompt ids, response ids) pairs; prompts that leave no room for a response are dropped
+    if objective != "mdlm":
+        sys.exit(f"error: {dataset} holds SFT pairs, which train objective=mdlm")
+    pairs = {}
+    for split in ("train", "val"):
+        with open(os.path.join(data_dir, f"{split}_sft.pkl"), "rb") as f:
+            pairs[split] = [(p, r) for p, r in pickle.load(f) if len(p) < block_size]
+
+
+def sft_rows(split, idx):
+    """LLaDA SFT rows: prompt + response + EOS padding up to block_size, (n, block_size), and the
+    positions that may be masked, (n, block_size) bool: the response and its padding (the model
+    learns where to stop), never the prompt."""
+    x0 = torch.full((len(idx), block_size), meta["eos_id"], dtype=torch.long)
+    maskable = torch.zeros(len(idx), block_size, dtype=torch.bool)
+    for b, i in enumerate(idx):
+        p, r = pairs[split][i]
+        row = (p + r)[:block_size]
+        x0[b, :len(row)] = torch.tensor(row)
+        maskable[b, len(p):] = True
+    return x0, maskable
 
 
 def get_batch(split, step, n, stream=0, masking=masking):
-    """n windows of block_size + 1 tokens of a split, with their noise, from a generator seeded by
-    (seed, stream, step). 'ar': (x, y) shifted by one. 'mdlm': (x_t, x0, ELBO weight, masked)."""
+    """n rows of a split with their noise, from a generator seeded by (seed, stream, step): windows of
+    block_size + 1 tokens of the stream, or SFT rows. 'ar': (x, y) shifted by one. 'mdlm': (x_t, x0,
+    ELBO weight, masked, maskable)."""
     g = torch.Generator().manual_seed((seed * 3 + stream) * 10**9 + step)
-    data = np.memmap(os.path.join(data_dir, f"{split}.bin"), dtype=np.uint16, mode="r")
-    ix = torch.randint(len(data) - block_size - 1, (n,), generator=g)
-    xy = torch.stack([torch.from_numpy(data[i:i + block_size + 1].astype(np.int64)) for i in ix.tolist()])
-    if objective == "ar":
-        return xy[:, :-1], xy[:, 1:]
-    x0 = xy[:, :-1]
-    if masking == "count":  # exactly l ~ U{1..L} masks, weight L / l
-        l, w = sample_count(torch.full((n,), block_size), antithetic, generator=g)
-        x_t, masked = q_sample_count(x0, l, mask_id, generator=g)
+    if sft:
+        x0, maskable = sft_rows(split, torch.randint(len(pairs[split]), (n,), generator=g).tolist())
+    else:
+        data = np.memmap(os.path.join(data_dir, f"{split}.bin"), dtype=np.uint16, mode="r")
+        ix = torch.randint(len(data) - block_size - 1, (n,), generator=g)
+        xy = torch.stack([torch.from_numpy(data[i:i + block_size + 1].astype(np.int64)) for i in ix.tolist()])
+        if objective == "ar":
+            return xy[:, :-1], xy[:, 1:]
+        x0, maskable = xy[:, :-1], torch.ones(n, block_size, dtype=torch.bool)
+    if masking == "count":  # exactly l ~ U{1..n} of the n maskable positions, weight n / l
+        l, w = sample_count(maskable.sum(1), antithetic, generator=g)
+        x_t, masked = q_sample_count(x0, l, mask_id, maskable, generator=g)
     else:  # each token masked w.p. 1 - alpha_t, weight -alpha'_t / (1 - alpha_t)
         t = sample_t(n, t_eps, antithetic, generator=g)  # antithetic over the whole global batch
-        x_t, masked = q_sample(x0, t, mask_id, schedule, generator=g)
+        x_t, masked = q_sample(x0, t, mask_id, schedule, maskable, generator=g)
         w = loss_weight(t, schedule)
     if split == "train" and train_loss == "flat":  # the same masks, every masked token weighted alike
-        w = flat_weight(masked)
-    return x_t, x0, w, masked
+        w = flat_weight(masked, maskable)
+    return x_t, x0, w, masked, maskable
 
 
 def loss_fn(model, batch):
@@ -150,8 +180,8 @@ def loss_fn(model, batch):
     if objective == "ar":
         x, y = batch
         return F.cross_entropy(model(x).flatten(0, 1), y.flatten())
-    x_t, x0, w, masked = batch
-    return elbo_loss(model(x_t), x0, masked, w).mean()
+    x_t, x0, w, masked, maskable = batch
+    return elbo_loss(model(x_t), x0, masked, w, maskable).mean()
 
 
 @torch.no_grad()
@@ -176,7 +206,26 @@ def get_lr(it):
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (learning_rate - min_lr)
 
 
-# model and optimizer, from scratch or from the checkpoint
+def grow_vocab(model, old_meta):
+    """A pretrained model for a dataset whose vocabulary adds special tokens (EOS) at the end of the
+    checkpoint's: the same weights, plus freshly initialised embedding rows for the new ids."""
+    old, new = model.config.vocab_size, meta["vocab_size"]
+    if (old_meta["tokenizer"], old_meta.get("stoi"), old_meta["mask_id"]) != (meta["tokenizer"], meta.get("stoi"), mask_id) \
+            or new < old:
+        sys.exit(f"error: {init_from} was trained on another vocabulary than {dataset}'s")
+    if new == old:
+        return model
+    torch.manual_seed(seed)
+    grown = GPT(GPTConfig(**{**asdict(model.config), "vocab_size": new})).to(device)
+    sd = model.state_dict()
+    emb = grown.wte.weight.detach().clone()
+    emb[:old] = sd["wte.weight"]
+    sd["wte.weight"] = sd["lm_head.weight"] = emb  # tied: one matrix
+    grown.load_state_dict(sd)
+    return grown
+
+
+# model and optimizer, from scratch, from the checkpoint (resume), or from a pretrained one (fine-tune)
 ckpt_path = os.path.join(out_dir, "ckpt.pt")
 iter_num, best_val, prev_time, tokens = 0, float("inf"), 0.0, 0
 if init_from == "resume":
@@ -184,6 +233,13 @@ if init_from == "resume":
     if ckpt["config"]["objective"] != objective:
         sys.exit(f"error: {ckpt_path} was trained with objective={ckpt['config']['objective']}, not {objective}")
     iter_num, best_val, prev_time, tokens = ckpt["iter_num"], ckpt["best_val"], ckpt["train_time"], ckpt["tokens"]
+elif init_from != "scratch":  # fine-tune: the pretrained weights, a fresh optimizer and schedule
+    pre = os.path.join(init_from, "ckpt.pt") if os.path.isdir(init_from) else init_from
+    model, pre_ckpt = load_checkpoint(pre, device)
+    if model.config.causal != (objective == "ar"):
+        sys.exit(f"error: {pre} was trained with objective={pre_ckpt['config']['objective']}, not {objective}")
+    model = grow_vocab(model, pre_ckpt["meta"])
+    del pre_ckpt
 else:
     torch.manual_seed(seed)  # the same initial weights on every process
     model = GPT(GPTConfig(block_size=block_size, vocab_size=meta["vocab_size"], mask_id=mask_id, n_layer=n_layer,

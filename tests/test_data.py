@@ -12,16 +12,18 @@ TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nS
 SHARED_BPE = os.path.join(ROOT, "..", "shared", "tiktoken_cache")
 
 
-def prepare(tmp_path, name, env=None):
+def prepare(tmp_path, name, env=None, text=TEXT):
     """Run data/<name>/prepare.py on a local input file, from a copy of data/ (the repo stays clean)."""
     shutil.copytree(os.path.join(ROOT, "data"), tmp_path / "data",
                     ignore=shutil.ignore_patterns("*.bin", "*.pkl", "input.txt"), dirs_exist_ok=True)
-    (tmp_path / "input.txt").write_text(TEXT)
+    (tmp_path / "input.txt").write_text(text)
     r = run(str(tmp_path / "data" / name / "prepare.py"), str(tmp_path / "input.txt"), env=env)
     assert r.returncode == 0, r.stderr
     folder = tmp_path / "data" / name
     with open(folder / "meta.pkl", "rb") as f:
         meta = pickle.load(f)
+    if os.path.exists(folder / "train_sft.pkl"):  # SFT pairs
+        return meta, [pickle.load(open(folder / f"{s}_sft.pkl", "rb")) for s in ("train", "val")]
     ids = [np.fromfile(folder / f"{s}.bin", dtype=np.uint16).tolist() for s in ("train", "val")]
     return meta, ids
 
@@ -53,3 +55,19 @@ def test_bpe_round_trip(tmp_path):
 def test_missing_input_is_one_line(tmp_path):
     r = run("data/shakespeare_char/prepare.py", str(tmp_path / "nope.txt"))
     assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1 and "not found" in r.stderr
+
+
+def test_speech_pairs(tmp_path):
+    text = TEXT.replace("speak.\nFirst", "speak.\n\nFirst")  # speeches are separated by blank lines
+    meta, (train, val) = prepare(tmp_path, "shakespeare_speech", text=text)
+    char_meta, _ = prepare(tmp_path, "shakespeare_char", text=text)
+    assert meta["stoi"] == char_meta["stoi"]  # the same ids as the character model's: a judge can score it
+    assert (meta["mask_id"], meta["eos_id"], meta["vocab_size"]) == (len(set(TEXT)), len(set(TEXT)) + 1, len(set(TEXT)) + 2)
+    encode, decode = get_codec(meta)
+    pairs = train + val
+    assert len(pairs) == 39 and len(val) == 4  # 40 speeches, the first has fewer than 32 characters before it
+    for p, r in pairs:
+        prompt, response = decode(p), decode(r)
+        assert len(p) == 32 and prompt.endswith(":\n") and prompt + response + "\n" in text
+        assert response in ("Before we proceed any further, hear me speak.", "Speak, speak.")
+    assert decode([meta["eos_id"]]) == ""

@@ -1,4 +1,5 @@
 import os
+import pickle
 import re
 import shutil
 import sys
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, TINY_TRAIN, run
+from conftest import ROOT, TINY_TRAIN, WORDS, run
 from configurator import configure
 
 
@@ -120,3 +121,46 @@ def test_bad_input_is_one_clear_line(tiny_data, tmp_path):
                    "not a valid checkpoint")
     one_line_error(run("sample.py", f"--out_dir={tmp_path}"), "not a valid checkpoint")
     one_line_error(run("sample.py", f"--out_dir={tmp_path / 'none'}"), "not found")
+
+
+def sft_dataset(folder, meta, n, seed=0):
+    """A tiny SFT task on the tiny corpus's characters + [EOS]: prompt 'see <word>\\n', response '<word>'."""
+    os.makedirs(folder, exist_ok=True)
+    eos = meta["vocab_size"]
+    sft_meta = dict(meta, vocab_size=eos + 1, eos_id=eos, itos={**meta["itos"], eos: ""})
+    rng = np.random.default_rng(seed)
+    enc = lambda s: [meta["stoi"][c] for c in s]  # noqa: E731
+    for split, k in (("train", n), ("val", n // 10)):
+        words = rng.choice(WORDS, size=k)
+        with open(os.path.join(folder, f"{split}_sft.pkl"), "wb") as f:
+            pickle.dump([(enc(f"see {w}\n"), enc(w)) for w in words], f)
+    with open(os.path.join(folder, "meta.pkl"), "wb") as f:
+        pickle.dump(sft_meta, f)
+
+
+def test_sft_fine_tune_learns_to_stop(tiny_data, tmp_path):
+    with open(os.path.join(tiny_data, "meta.pkl"), "rb") as f:
+        meta = pickle.load(f)
+    sft_dataset(tmp_path / "sft", meta, 2000)
+    pre = run("train.py", f"--dataset={tiny_data}", f"--out_dir={tmp_path / 'pre'}", *TINY_TRAIN, "--max_iters=100",
+              "--eval_interval=100")
+    assert pre.returncode == 0, pre.stderr
+    r = run("train.py", f"--dataset={tmp_path / 'sft'}", f"--init_from={tmp_path / 'pre'}", f"--out_dir={tmp_path / 'sft_out'}",
+            *TINY_TRAIN, "--block_size=24", "--max_iters=300", "--eval_interval=300")
+    assert r.returncode == 0, r.stderr
+    v = val(r.stdout)
+    assert len(v) == 2 and v[1] < v[0] / 3, v
+    ck = torch.load(tmp_path / "sft_out" / "ckpt.pt", weights_only=True)
+    assert ck["model_args"]["vocab_size"] == meta["vocab_size"] + 1  # an embedding row for EOS was added
+    # the response is padded with EOS in training, so the sampler stops: the output is cut at the first EOS
+    s = run("sample.py", f"--out_dir={tmp_path / 'sft_out'}", "--prompt=see cat\n", "--gen_length=16",
+            "--block_length=16", "--num_samples=3", "--temperature=0")
+    assert s.returncode == 0, s.stderr
+    outs = s.stdout.split("---------------\n")[:3]
+    assert all(o.startswith("see cat\n") and 0 < len(o) - len("see cat\n") - 1 < 16 for o in outs), outs
+    # a checkpoint trained on other characters cannot be fine-tuned on this vocabulary
+    other = dict(meta, stoi={c: (i + 1) % len(meta["stoi"]) for c, i in meta["stoi"].items()})
+    sft_dataset(tmp_path / "other", other, 200)
+    one_line_error(run("train.py", f"--dataset={tmp_path / 'other'}", f"--init_from={tmp_path / 'pre'}",
+                       f"--out_dir={tmp_path / 'x'}", *TINY_TRAIN), "another vocabulary")
+    one_line_error(run("train.py", "--init_from=/no/such/ckpt.pt"), "init_from", "not found")
