@@ -12,6 +12,7 @@ generated tokens with the baseline's. Speed-ups are ratios of tokens/s measured 
 """
 
 import os
+import pickle
 import sys
 import time
 
@@ -20,7 +21,7 @@ import torch
 import fast_sample
 import sample
 from configurator import configure
-from eval import entropy, gen_ppl, val_windows
+from eval import entropy, gen_ppl, generated, same_tokens, val_windows
 from model import load_checkpoint
 
 # -----------------------------------------------------------------------------
@@ -57,12 +58,13 @@ def run(fn, prompts):
 
 
 def quality(samples, P):
-    return gen_ppl(judge_model, samples, P), entropy(samples, P)
+    """Gen PPL and entropy of the generated text, up to the first EOS."""
+    return gen_ppl(judge_model, samples, P, eos), entropy(samples, P, eos)
 
 
 def bench_samplers():
-    P, L = prompt_len, gen_length
-    prompts = prompts_for(P + L)
+    prompts = prompts_for(prompt_len + gen_length)
+    P, L = prompts.size(1), gen_length
     print(f"| sampler | steps | NFE | gen PPL | entropy | s/sample |")
     print(f"| --- | --- | --- | --- | --- | --- |")
     rows = []
@@ -88,12 +90,12 @@ def bench_samplers():
 
 
 def bench_fast():
-    P = prompt_len
+    prompts = prompts_for(prompt_len + max(map(int, lengths.split(","))))
+    P = prompts.size(1)
     Ls = [L for L in map(int, lengths.split(",")) if P + L <= model.config.block_size]
     if not Ls:
         sys.exit(f"error: no length in {lengths} fits the model's context of {model.config.block_size} with a "
                  f"{P}-token prompt")
-    eos = ckpt["meta"].get("eos_id", -1)
     configs = [("baseline (sample.py)", None),
                (f"+ parallel (threshold {threshold})", dict(cache="none", threshold=threshold)),
                ("+ prefix cache", dict(cache="prefix", threshold=0.0)),
@@ -101,11 +103,9 @@ def bench_fast():
                (f"+ prefix cache + parallel ({threshold})", dict(cache="prefix", threshold=threshold)),
                (f"+ dual cache + parallel ({threshold})", dict(cache="dual", threshold=threshold)),
                (f"+ dual cache + factor ({factor})", dict(cache="dual", threshold=0.0, factor=factor))]
-    print("| method | " + " | ".join(f"L={L}: tok/s | NFE | speed-up | gen PPL | entropy | agree" for L in Ls) + " |")
-    print("| --- |" + " --- | --- | --- | --- | --- | --- |" * len(Ls))
-    prompts = prompts_for(P + max(Ls))
-    results = {}
-    for L in Ls:  # one length at a time, every method on the same prompts
+    print("| L | method | tok/s | NFE | speed-up | tokens/sample | gen PPL | entropy | agree |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for L in Ls:  # one length at a time, every method on the same prompts, the baseline first
         for name, kw in configs:
             if kw is None:
                 fn = lambda x, g, L=L: sample.generate(model, x, L, L, block_length, temperature, eos_id=eos, generator=g)
@@ -113,25 +113,29 @@ def bench_fast():
                 fn = lambda x, g, L=L, kw=kw: fast_sample.generate(model, x, L, L, block_length, temperature,
                                                                    eos_id=eos, generator=g, **kw)
             samples, nfe, secs = run(fn, prompts)
-            gen = samples[:, P:]
-            tokens = int((gen != eos).sum()) if eos >= 0 else gen.numel()
-            results[name, L] = (samples, nfe, tokens / secs)
-    for name, _ in configs:
-        cells = []
-        for L in Ls:
-            samples, nfe, tok_s = results[name, L]
-            base = results[configs[0][0], L]
+            tokens = int(generated(samples, P, eos).sum())  # before the first EOS, as the output is cut
+            if kw is None:
+                base, base_tok_s = samples, tokens / secs
             ppl, h = quality(samples, P)
-            agree = (samples[:, P:] == base[0][:, P:]).float().mean().item()
-            cells.append(f"{tok_s:.1f} | {nfe:.1f} | {tok_s / base[2]:.1f}x | {ppl:.2f} | {h:.3f} | {agree:.2f}")
-        print(f"| {name} | " + " | ".join(cells) + " |")
+            agree = (samples[:, P:] == base[:, P:]).float().mean().item()
+            print(f"| {L} | {name} | {tokens / secs:.1f} | {nfe:.1f} | {tokens / secs / base_tok_s:.1f}x | "
+                  f"{tokens / len(prompts):.0f} | {ppl:.2f} | {h:.3f} | {agree:.2f} |", flush=True)
     print(f"\n{len(prompts)} prompts of {P} tokens, one at a time; steps = L, blocks of {block_length}, "
-          f"temperature {temperature}, low-confidence remasking; tok/s counts generated tokens; agree: the "
-          f"fraction of generated tokens equal to the baseline's. Judge: {judge}. Device: {device}, "
-          f"{torch.get_num_threads()} threads.")
+          f"temperature {temperature}, low-confidence remasking; tok/s: generated tokens before the first EOS "
+          f"per second; speed-up: over the baseline's tok/s in this run; agree: the fraction of generated "
+          f"positions equal to the baseline's. Judge: {judge}. Device: {device}, {torch.get_num_threads()} threads.")
 
 
 def prompts_for(T):
+    """num_samples prompts, evenly spaced over the val split: the starts of val windows of T tokens,
+    or, for an SFT dataset, the prompts of its val pairs (all of one length, e.g. shakespeare_speech)."""
+    if os.path.exists(os.path.join(data_dir, "val_sft.pkl")):
+        with open(os.path.join(data_dir, "val_sft.pkl"), "rb") as f:
+            ps = [p for p, _ in pickle.load(f)]
+        ps = [ps[i] for i in torch.linspace(0, len(ps) - 1, num_samples).long().tolist()]
+        if len(set(map(len, ps))) > 1:
+            sys.exit(f"error: the val prompts of {data_dir} have different lengths")
+        return torch.tensor(ps, device=device)
     w = val_windows(data_dir, T)
     return w[torch.linspace(0, len(w) - 1, num_samples).long(), :prompt_len].to(device)
 
@@ -146,9 +150,10 @@ if __name__ == "__main__":
     model.eval(), judge_model.eval()
     if model.config.causal or not judge_model.config.causal:
         sys.exit("error: out_dir must hold a diffusion model and judge an autoregressive one")
-    if ckpt["meta"] != judge_ckpt["meta"]:
+    if not same_tokens(ckpt["meta"], judge_ckpt["meta"]):
         sys.exit(f"error: {out_dir} and the judge {judge} were trained on different data")
     data_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", ckpt["config"]["dataset"])
+    eos = ckpt["meta"].get("eos_id", -1)
     torch.manual_seed(seed)
     if what == "samplers":
         if prompt_len + gen_length > model.config.block_size:

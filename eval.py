@@ -96,19 +96,35 @@ def generate_ar(model, prompt, gen_length, temperature=1.0, generator=None):
     return x
 
 
-def gen_ppl(judge, samples, prompt_len):
-    """exp(mean judge NLL over the generated tokens, i.e. positions >= prompt_len, pooled)."""
-    return math.exp(token_nll(judge, samples)[:, prompt_len - 1:].mean().item())
+def generated(samples, prompt_len, eos_id=-1):
+    """(B, N - prompt_len) bool: the generated tokens that count, those before each row's first EOS."""
+    gen = samples[:, prompt_len:]
+    return (gen == eos_id).long().cumsum(1) == 0 if eos_id >= 0 else torch.ones_like(gen, dtype=torch.bool)
 
 
-def entropy(samples, prompt_len):
-    """Unigram entropy (nats) of the generated tokens of each sample, averaged over samples."""
+def gen_ppl(judge, samples, prompt_len, eos_id=-1):
+    """exp(mean judge NLL over the generated tokens, i.e. positions >= prompt_len and before the
+    first EOS, pooled). The judge is causal, so what follows the first EOS never changes a score."""
+    nll = token_nll(judge, torch.where(samples == eos_id, 0, samples))[:, prompt_len - 1:]
+    return math.exp(nll[generated(samples, prompt_len, eos_id)].mean().item())
+
+
+def entropy(samples, prompt_len, eos_id=-1):
+    """Unigram entropy (nats) of the generated tokens of each sample, averaged over the samples."""
     hs = []
-    for row in samples[:, prompt_len:].tolist():
-        p = np.bincount(row) / len(row)
-        p = p[p > 0]
-        hs.append(float(-(p * np.log(p)).sum()))
-    return sum(hs) / len(hs)
+    for row, keep in zip(samples[:, prompt_len:].tolist(), generated(samples, prompt_len, eos_id).tolist()):
+        row = [t for t, k in zip(row, keep) if k]
+        if row:
+            p = np.bincount(row) / len(row)
+            p = p[p > 0]
+            hs.append(float(-(p * np.log(p)).sum()))
+    return sum(hs) / max(1, len(hs))
+
+
+def same_tokens(a, b):
+    """Whether two datasets' metas give the same ids to the same tokens (an SFT vocabulary may add
+    special tokens at the end): a judge trained on one can score text of the other."""
+    return (a["tokenizer"], a.get("stoi"), a["mask_id"]) == (b["tokenizer"], b.get("stoi"), b["mask_id"])
 
 
 def extract_answer(text):
@@ -159,7 +175,7 @@ if __name__ == "__main__":
     models = []
     for out_dir in ckpts.split(","):
         model, ckpt = load_checkpoint(os.path.join(out_dir, "ckpt.pt"), device)
-        if ckpt["meta"] != meta:
+        if not same_tokens(ckpt["meta"], meta):
             sys.exit(f"error: {out_dir} was trained on other data than the judge ({ckpt['config']['dataset']})")
         if T > model.config.block_size:
             sys.exit(f"error: prompt_len + gen_length = {T} exceeds {out_dir}'s context of {model.config.block_size}")

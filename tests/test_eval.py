@@ -143,3 +143,17 @@ def test_cli_table(tiny_data, tiny_judge, tmp_path):
     assert r.returncode != 0 and "must be an autoregressive" in r.stderr
     r = run("eval.py", f"--ckpts={tmp_path / 'mdlm'}", f"--judge={tiny_judge[0]}", "--gen_length=64")
     assert r.returncode != 0 and "exceeds" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_gen_ppl_and_entropy_stop_at_the_first_eos():
+    judge = tiny_model(causal=True, T=32)
+    x = torch.randint(0, 10, (2, 20), generator=torch.Generator().manual_seed(0))
+    eos = 10
+    y = x.clone()
+    y[0, 14:] = eos          # row 0 generates 8..13, then EOS padding
+    y[1, 17], y[1, 18] = eos, 3  # row 1 generates 8..16; what follows the first EOS does not count
+    with torch.no_grad():
+        nll = token_nll(judge, x)
+    expect = torch.cat([nll[0, 7:13], nll[1, 7:16]]).mean().exp().item()
+    assert math.isclose(gen_ppl(judge, y, 8, eos), expect, rel_tol=1e-5)
+    assert math.isclose(entropy(y, 8, eos), (entropy(x[:1, :14], 8) + entropy(x[1:, :17], 8)) / 2)
