@@ -77,6 +77,7 @@ def bench_samplers():
             if steps % (L // bl) == 0:
                 rows.append((name, steps, lambda x, g, s=steps, rm=rm, bl=bl:
                              sample.generate(model, x, s, L, bl, temperature, remasking=rm, generator=g)))
+    for steps in (L // 4, L // 2, L, 2 * L):  # more steps than tokens: room for ReMDM to revise
         rows.append(("mdlm ancestral", steps, lambda x, g, s=steps:
                      sample.generate_ancestral(model, x, s, L, temperature, generator=g)))
         rows.append((f"remdm (eta {eta})", steps, lambda x, g, s=steps:
@@ -103,6 +104,9 @@ def bench_fast():
                (f"+ prefix cache + parallel ({threshold})", dict(cache="prefix", threshold=threshold)),
                (f"+ dual cache + parallel ({threshold})", dict(cache="dual", threshold=threshold)),
                (f"+ dual cache + factor ({factor})", dict(cache="dual", threshold=0.0, factor=factor))]
+    if eos >= 0:  # how much of the speed-up is the EOS stop (the reference decodes every position)
+        configs.append((f"+ dual cache + parallel ({threshold}), no EOS stop",
+                        dict(cache="dual", threshold=threshold, eos_stop=False)))
     print("| L | method | tok/s | NFE | speed-up | tokens/sample | gen PPL | entropy | agree |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for L in Ls:  # one length at a time, every method on the same prompts, the baseline first

@@ -1,5 +1,6 @@
-# The AR judge for Tiny Shakespeare (characters): a causal model bigger and longer trained than the
-# models it scores (eval.py), ~45 minutes on a 2-core CPU.
+# The AR judge for Tiny Shakespeare (characters): a causal model bigger than the models it scores
+# (eval.py), stopped where its val NLL is lowest (trained to 3400 steps it overfits: val 1.493 at step
+# 2000, 1.520 at 2500). ~30 minutes on a 2-core CPU.
 #   python train.py config/judge.py
 out_dir = "out-judge-char"
 dataset = "shakespeare_char"
@@ -12,8 +13,8 @@ n_embd = 192            # 2.7M parameters
 dropout = 0.0           # dropout=0.1 ran ~40% slower on our 2-core CPU
 learning_rate = 1e-3
 min_lr = 1e-4
-max_iters = 3400
-lr_decay_iters = 3400
+max_iters = 2000
+lr_decay_iters = 2000
 warmup_iters = 100
 eval_interval = 500
 eval_iters = 50
