@@ -5,7 +5,8 @@ Speed and quality of the samplers, side by side in one run on one machine.
     python bench.py --what=fast --out_dir=out-shakespeare-long           # Fast-dLLM vs the baseline
 
 Every row of a table is measured in the same run, on the same prompts (the starts of val windows),
-one prompt at a time (batch size 1, as in Fast-dLLM's figures). Quality stands beside every speed:
+one prompt at a time (batch size 1, as in Fast-dLLM's figures), the methods interleaved prompt by
+prompt so that the load of a shared machine weighs on every row alike. Quality stands beside every speed:
 gen PPL and entropy under the AR judge (eval.py), and for --what=fast the agreement of the
 generated tokens with the baseline's. Speed-ups are ratios of tokens/s measured in this run
 (generated non-EOS tokens over wall-clock; the prompt is never counted).
@@ -42,19 +43,20 @@ device = "cuda" if torch.cuda.is_available() else "cpu"
 # -----------------------------------------------------------------------------
 
 
-def run(fn, prompts):
-    """Generate for each prompt alone; returns (samples (N, P + L), NFE per sample, seconds)."""
-    outs, nfe, secs = [], 0.0, 0.0
+def run(fns, prompts):
+    """Generate for each prompt alone with every fn in turn, interleaved prompt by prompt so that a slow
+    spell of a shared machine hits every method alike; per fn: (samples (N, P + L), NFE per sample, seconds)."""
+    res = [([], 0.0, 0.0) for _ in fns]
     for j in range(len(prompts)):
-        g = torch.Generator(device=device).manual_seed(seed + j)
-        t0 = time.perf_counter()
-        out, n = fn(prompts[j:j + 1], g)
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        secs += time.perf_counter() - t0
-        outs.append(out)
-        nfe += n
-    return torch.cat(outs), nfe / len(prompts), secs
+        for i, fn in enumerate(fns):
+            g = torch.Generator(device=device).manual_seed(seed + j)
+            t0 = time.perf_counter()
+            out, n = fn(prompts[j:j + 1], g)
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            outs, nfe, secs = res[i]
+            res[i] = (outs + [out], nfe + n, secs + time.perf_counter() - t0)
+    return [(torch.cat(outs), nfe / len(prompts), secs) for outs, nfe, secs in res]
 
 
 def quality(samples, P):
@@ -82,8 +84,7 @@ def bench_samplers():
                      sample.generate_ancestral(model, x, s, L, temperature, generator=g)))
         rows.append((f"remdm (eta {eta})", steps, lambda x, g, s=steps:
                      sample.generate_ancestral(model, x, s, L, temperature, eta=eta, generator=g)))
-    for name, steps, fn in rows:
-        samples, nfe, secs = run(fn, prompts)
+    for (name, steps, _), (samples, nfe, secs) in zip(rows, run([fn for _, _, fn in rows], prompts)):
         ppl, h = quality(samples, P)
         print(f"| {name} | {steps} | {nfe:.1f} | {ppl:.2f} | {h:.3f} | {secs / len(prompts):.2f} |", flush=True)
     print(f"\n{len(prompts)} samples of {L} tokens after {P}-token val prompts, temperature {temperature}; "
@@ -110,13 +111,11 @@ def bench_fast():
     print("| L | method | tok/s | NFE | speed-up | tokens/sample | gen PPL | entropy | agree |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for L in Ls:  # one length at a time, every method on the same prompts, the baseline first
-        for name, kw in configs:
-            if kw is None:
-                fn = lambda x, g, L=L: sample.generate(model, x, L, L, block_length, temperature, eos_id=eos, generator=g)
-            else:
-                fn = lambda x, g, L=L, kw=kw: fast_sample.generate(model, x, L, L, block_length, temperature,
-                                                                   eos_id=eos, generator=g, **kw)
-            samples, nfe, secs = run(fn, prompts)
+        fns = [(lambda x, g, L=L: sample.generate(model, x, L, L, block_length, temperature, eos_id=eos, generator=g))
+               if kw is None else
+               (lambda x, g, L=L, kw=kw: fast_sample.generate(model, x, L, L, block_length, temperature,
+                                                               eos_id=eos, generator=g, **kw)) for _, kw in configs]
+        for (name, kw), (samples, nfe, secs) in zip(configs, run(fns, prompts)):
             tokens = int(generated(samples, P, eos).sum())  # before the first EOS, as the output is cut
             if kw is None:
                 base, base_tok_s = samples, tokens / secs
