@@ -22,8 +22,9 @@ import torch
 import fast_sample
 import sample
 from configurator import configure
-from eval import entropy, gen_ppl, generated, same_tokens, val_windows
+from eval import entropy, gen_ppl, generated, val_windows
 from model import load_checkpoint
+from tokenizer import same_tokens
 
 # -----------------------------------------------------------------------------
 what = "samplers"               # 'samplers' (sample.py) or 'fast' (fast_sample.py vs sample.py)

@@ -97,7 +97,8 @@ def flat_weight(masked, maskable=None):
     whose gradient has a far lower variance than the ELBO's 1/t weighting (a row with one masked
     token no longer carries the weight of a full row); train.py's --train_loss=flat uses it, and at
     our budgets it trains models with a lower *ELBO* than training on the ELBO does (README)."""
-    n = torch.full((masked.size(0),), float(masked.size(1))) if maskable is None else maskable.sum(1).float()
+    n = maskable.sum(1).float() if maskable is not None else torch.full((masked.size(0),), float(masked.size(1)),
+                                                                         device=masked.device)
     return n * masked.size(0) / masked.sum().clamp(min=1)
 
 

@@ -34,7 +34,7 @@ from configurator import configure
 from diffusion import nll_bound
 from model import load_checkpoint
 from sample import add_gumbel_noise, generate
-from tokenizer import get_codec
+from tokenizer import get_codec, same_tokens
 
 
 def val_windows(data_dir, T):
@@ -119,12 +119,6 @@ def entropy(samples, prompt_len, eos_id=-1):
             p = p[p > 0]
             hs.append(float(-(p * np.log(p)).sum()))
     return sum(hs) / max(1, len(hs))
-
-
-def same_tokens(a, b):
-    """Whether two datasets' metas give the same ids to the same tokens (an SFT vocabulary may add
-    special tokens at the end): a judge trained on one can score text of the other."""
-    return (a["tokenizer"], a.get("stoi"), a["mask_id"]) == (b["tokenizer"], b.get("stoi"), b["mask_id"])
 
 
 def extract_answer(text):

@@ -145,7 +145,6 @@ def generate(model, prompt, steps=128, gen_length=128, block_length=128, tempera
             commit = torch.zeros_like(masked)
             for b in range(B):  # per row: its own count, LLaDA's torch.topk selection
                 commit[b, torch.topk(conf[b], k=int(k[b, i])).indices] = True
-            commit &= masked  # (a no-op: k never exceeds the masks left; given tokens are never touched)
             x[:, w:e] = torch.where(commit, x0, x[:, w:e])
             if on_step:
                 on_step(x, F.pad(commit, (w, x.size(1) - e)))

@@ -17,6 +17,12 @@ def load_meta(data_dir):
         return pickle.load(f)
 
 
+def same_tokens(a, b):
+    """Whether two datasets' metas give the same ids to the same tokens (an SFT vocabulary may add
+    special tokens at the end): a model of one can read, and a judge of one can score, the other's text."""
+    return (a["tokenizer"], a.get("stoi"), a["mask_id"]) == (b["tokenizer"], b.get("stoi"), b["mask_id"])
+
+
 def get_codec(meta):
     """encode(str) -> list of ids (ValueError on text the vocabulary lacks);
     decode(ids) -> str, with [MASK] drawn as MASK_GLYPH."""

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from configurator import configure
 from diffusion import SCHEDULES, sample_t, q_sample, sample_count, q_sample_count, loss_weight, elbo_loss, flat_weight
 from model import GPT, GPTConfig, load_checkpoint
-from tokenizer import load_meta
+from tokenizer import load_meta, same_tokens
 
 # -----------------------------------------------------------------------------
 # defaults: a small character-level masked diffusion model on Tiny Shakespeare
@@ -210,8 +210,7 @@ def grow_vocab(model, old_meta):
     """A pretrained model for a dataset whose vocabulary adds special tokens (EOS) at the end of the
     checkpoint's: the same weights, plus freshly initialised embedding rows for the new ids."""
     old, new = model.config.vocab_size, meta["vocab_size"]
-    if (old_meta["tokenizer"], old_meta.get("stoi"), old_meta["mask_id"]) != (meta["tokenizer"], meta.get("stoi"), mask_id) \
-            or new < old:
+    if not same_tokens(old_meta, meta) or new < old:
         sys.exit(f"error: {init_from} was trained on another vocabulary than {dataset}'s")
     if new == old:
         return model
