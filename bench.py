@@ -124,10 +124,34 @@ def bench_fast():
             agree = (samples[:, P:] == base[:, P:]).float().mean().item()
             print(f"| {L} | {name} | {tokens / secs:.1f} | {nfe:.1f} | {tokens / secs / base_tok_s:.1f}x | "
                   f"{tokens / len(prompts):.0f} | {ppl:.2f} | {h:.3f} | {agree:.2f} |", flush=True)
+    print("\n| L | one forward: all P + L positions | one block with the dual cache | ratio |")
+    print("| --- | --- | --- | --- |")
+    for L in Ls:  # what a baseline step and a cached step cost (medians of 20, batch 1)
+        full, step = forward_costs(prompts[:1], L)
+        print(f"| {L} | {full:.1f} ms | {step:.1f} ms | {full / step:.1f} |")
     print(f"\n{len(prompts)} prompts of {P} tokens, one at a time; steps = L, blocks of {block_length}, "
           f"temperature {temperature}, low-confidence remasking; tok/s: generated tokens before the first EOS "
           f"per second; speed-up: over the baseline's tok/s in this run; agree: the fraction of generated "
           f"positions equal to the baseline's. Judge: {judge}. Device: {device}, {torch.get_num_threads()} threads.")
+
+
+@torch.no_grad()
+def forward_costs(prompt, L, n=20):
+    """Milliseconds of a forward over the whole canvas (what the baseline pays per step) and of a
+    dual-cache step over the first block (what fast_sample.py pays): medians of n runs."""
+    x, P = sample.canvas(prompt, L, model.config.mask_id), prompt.size(1)
+    _, kv = model(x, return_kv=True)
+
+    def ms(f):
+        ts = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            f()
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            ts.append(1e3 * (time.perf_counter() - t0))
+        return sorted(ts)[n // 2]
+    return ms(lambda: model(x)), ms(lambda: model(x[:, P:P + block_length], start=P, kv=kv))
 
 
 def prompts_for(T):

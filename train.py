@@ -134,15 +134,17 @@ if sft:  # (prompt ids, response ids) pairs; prompts that leave no room for a re
             pairs[split] = [(p, r) for p, r in pickle.load(f) if len(p) < block_size]
 
 
-def sft_rows(split, idx):
-    """LLaDA SFT rows: prompt + response + EOS padding up to block_size, (n, block_size), and the
-    positions that may be masked, (n, block_size) bool: the response and its padding (the model
-    learns where to stop), never the prompt."""
-    x0 = torch.full((len(idx), block_size), meta["eos_id"], dtype=torch.long)
-    maskable = torch.zeros(len(idx), block_size, dtype=torch.bool)
-    for b, i in enumerate(idx):
-        p, r = pairs[split][i]
-        row = (p + r)[:block_size]
+def sft_rows(split, idx, g):
+    """LLaDA SFT rows: prompt + response + EOS padding, (n, T), and the positions that may be masked,
+    (n, T) bool: the response and its padding (the model learns where to stop), never the prompt.
+    LLaDA pads a mini-batch to its longest row; T is drawn between that (+ one EOS) and block_size, so
+    the model sees EOS tails of every length and stops wherever a sampling canvas ends."""
+    rows = [(pairs[split][i][0], (pairs[split][i][0] + pairs[split][i][1])[:block_size]) for i in idx]
+    longest = min(max(len(r) for _, r in rows) + 1, block_size)
+    T = int(torch.randint(longest, block_size + 1, (1,), generator=g))
+    x0 = torch.full((len(idx), T), meta["eos_id"], dtype=torch.long)
+    maskable = torch.zeros(len(idx), T, dtype=torch.bool)
+    for b, (p, row) in enumerate(rows):
         x0[b, :len(row)] = torch.tensor(row)
         maskable[b, len(p):] = True
     return x0, maskable
@@ -154,7 +156,7 @@ def get_batch(split, step, n, stream=0, masking=masking):
     ELBO weight, masked, maskable)."""
     g = torch.Generator().manual_seed((seed * 3 + stream) * 10**9 + step)
     if sft:
-        x0, maskable = sft_rows(split, torch.randint(len(pairs[split]), (n,), generator=g).tolist())
+        x0, maskable = sft_rows(split, torch.randint(len(pairs[split]), (n,), generator=g).tolist(), g)
     else:
         data = np.memmap(os.path.join(data_dir, f"{split}.bin"), dtype=np.uint16, mode="r")
         ix = torch.randint(len(data) - block_size - 1, (n,), generator=g)
@@ -267,7 +269,7 @@ def fmt_val(v):
 
 # the loop
 t0 = time.time()
-start_iter, final_val, loss_ema = iter_num, float("nan"), None
+start_iter, start_tokens, final_val, loss_ema = iter_num, tokens, float("nan"), None
 pbar = tqdm(total=max_iters, initial=iter_num, disable=not master, unit="it", dynamic_ncols=True)
 while True:
     lr = get_lr(iter_num) if decay_lr else learning_rate
@@ -303,13 +305,13 @@ while True:
     optimizer.zero_grad(set_to_none=True)
 
     iter_num += 1
-    tokens += G * block_size
+    tokens += batch[0].numel()  # G x block_size, or fewer for SFT rows
     if master:
         lossf = loss.item() * accum  # this process's last micro-batch
         loss_ema = lossf if loss_ema is None else 0.9 * loss_ema + 0.1 * lossf
         if log_interval and iter_num % log_interval == 0:
             tqdm.write(f"iter {iter_num}: loss {lossf:.6f}")
-        tok_s = (iter_num - start_iter) * G * block_size / (time.time() - t0)
+        tok_s = (tokens - start_tokens) / (time.time() - t0)
         pbar.set_postfix_str(f"loss {loss_ema:.4f}, {tok_s:,.0f} tok/s, lr {lr:.1e}", refresh=False)
         pbar.update(1)
 pbar.close()

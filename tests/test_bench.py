@@ -1,9 +1,10 @@
 from conftest import TINY_TRAIN, run
 
 
-def rows(stdout):
-    return [[c.strip() for c in l.strip("|").split("|")] for l in stdout.splitlines()
-            if l.startswith("| ") and not l.startswith("| ---")][1:]
+def rows(stdout, k=0):
+    """The cells of the k-th markdown table's rows (header and rule left out)."""
+    tables = [t for t in stdout.split("\n\n") if t.startswith("| ")]
+    return [[c.strip() for c in l.strip("|").split("|")] for l in tables[k].splitlines()[2:]]
 
 
 def test_bench_tables(tiny_data, tiny_judge, tmp_path):
@@ -21,6 +22,9 @@ def test_bench_tables(tiny_data, tiny_judge, tmp_path):
             assert row[4] == "1.0x" and nfe == L and agree == 1.0
         if name.startswith("+ parallel"):  # no cache: the same greedy text is only possible, not forced
             assert 0.0 <= agree <= 1.0
+    costs = rows(r.stdout, 1)  # ms of a full forward and of a dual-cache block step, per length
+    assert [row[0] for row in costs] == ["8", "16"], r.stdout
+    assert all(float(full.split()[0]) > 0 and float(step.split()[0]) > 0 for _, full, step, _ in costs)
     r = run("bench.py", "--what=samplers", "--gen_length=16", *common)
     assert r.returncode == 0, r.stderr
     t = rows(r.stdout)

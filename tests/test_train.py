@@ -158,6 +158,12 @@ def test_sft_fine_tune_learns_to_stop(tiny_data, tmp_path):
     assert s.returncode == 0, s.stderr
     outs = s.stdout.split("---------------\n")[:3]
     assert all(o.startswith("see cat\n") and 0 < len(o) - len("see cat\n") - 1 < 16 for o in outs), outs
+    # rows are padded to random lengths up to the context, so it also stops on a shorter canvas
+    s = run("sample.py", f"--out_dir={tmp_path / 'sft_out'}", "--prompt=see dog\n", "--gen_length=8",
+            "--block_length=8", "--num_samples=2", "--temperature=0")
+    assert s.returncode == 0, s.stderr
+    outs = s.stdout.split("---------------\n")[:2]
+    assert all(o.startswith("see dog\n") and 0 < len(o) - len("see dog\n") - 1 < 8 for o in outs), outs
     # a checkpoint trained on other characters cannot be fine-tuned on this vocabulary
     other = dict(meta, stoi={c: (i + 1) % len(meta["stoi"]) for c, i in meta["stoi"].items()})
     sft_dataset(tmp_path / "other", other, 200)

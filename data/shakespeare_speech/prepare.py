@@ -1,10 +1,10 @@
 """
 Tiny Shakespeare as prompt/response pairs that end with EOS: a small SFT-style task. Every speech
 ("NAME:\n<body>") gives one pair: the response is the body, the prompt the 32 characters before it
-(the end of the previous speech and the speaker's name line). train.py pads each response with EOS to
-the context, as LLaDA's SFT does, so the model learns where to stop; at sampling time the EOS tail is
-what Fast-dLLM decodes in parallel and fast_sample.py skips. Characters as in shakespeare_char (the
-same ids), + [MASK] (65) + [EOS] (66).
+(the end of the previous speech and the speaker's name line). train.py pads each response with EOS
+(to a random length up to the context; LLaDA pads to the mini-batch's longest), so the model learns
+where to stop; at sampling time the EOS tail is what Fast-dLLM decodes in parallel and fast_sample.py
+skips. Characters as in shakespeare_char (the same ids), + [MASK] (65) + [EOS] (66).
     python data/shakespeare_speech/prepare.py                    # downloads input.txt
     python data/shakespeare_speech/prepare.py path/to/input.txt  # or uses a local copy
 Writes train_sft.pkl / val_sft.pkl (the first 90% of the speeches / the rest) and meta.pkl.
