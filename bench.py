@@ -44,6 +44,15 @@ device = "cuda" if torch.cuda.is_available() else "cpu"
 # -----------------------------------------------------------------------------
 
 
+def timed(f):
+    """(f(), seconds it took), waiting for the GPU if there is one."""
+    t0 = time.perf_counter()
+    out = f()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return out, time.perf_counter() - t0
+
+
 def run(fns, prompts):
     """Generate for each prompt alone with every fn in turn, interleaved prompt by prompt so that a slow
     spell of a shared machine hits every method alike; per fn: (samples (N, P + L), NFE per sample, seconds)."""
@@ -51,12 +60,9 @@ def run(fns, prompts):
     for j in range(len(prompts)):
         for i, fn in enumerate(fns):
             g = torch.Generator(device=device).manual_seed(seed + j)
-            t0 = time.perf_counter()
-            out, n = fn(prompts[j:j + 1], g)
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
+            (out, n), dt = timed(lambda: fn(prompts[j:j + 1], g))
             outs, nfe, secs = res[i]
-            res[i] = (outs + [out], nfe + n, secs + time.perf_counter() - t0)
+            res[i] = (outs + [out], nfe + n, secs + dt)
     return [(torch.cat(outs), nfe / len(prompts), secs) for outs, nfe, secs in res]
 
 
@@ -143,14 +149,7 @@ def forward_costs(prompt, L, n=20):
     _, kv = model(x, return_kv=True)
 
     def ms(f):
-        ts = []
-        for _ in range(n):
-            t0 = time.perf_counter()
-            f()
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            ts.append(1e3 * (time.perf_counter() - t0))
-        return sorted(ts)[n // 2]
+        return 1e3 * sorted(timed(f)[1] for _ in range(n))[n // 2]
     return ms(lambda: model(x)), ms(lambda: model(x[:, P:P + block_length], start=P, kv=kv))
 
 

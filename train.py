@@ -139,7 +139,7 @@ def sft_rows(split, idx, g):
     (n, T) bool: the response and its padding (the model learns where to stop), never the prompt.
     LLaDA pads a mini-batch to its longest row; T is drawn between that (+ one EOS) and block_size, so
     the model sees EOS tails of every length and stops wherever a sampling canvas ends."""
-    rows = [(pairs[split][i][0], (pairs[split][i][0] + pairs[split][i][1])[:block_size]) for i in idx]
+    rows = [(p, (p + r)[:block_size]) for p, r in (pairs[split][i] for i in idx)]
     longest = min(max(len(r) for _, r in rows) + 1, block_size)
     T = int(torch.randint(longest, block_size + 1, (1,), generator=g))
     x0 = torch.full((len(idx), T), meta["eos_id"], dtype=torch.long)
@@ -258,7 +258,7 @@ if ddp:
     model = DDP(model, device_ids=[torch.cuda.current_device()] if device_type == "cuda" else None)
 if master:
     print(f"{objective}: {raw_model.num_params() / 1e6:.2f}M parameters | {dataset}, vocab {meta['vocab_size']} | "
-          f"{G} x {block_size} tokens per step ({world} process(es) x {accum} micro-steps x {batch_size}) | {device}")
+          f"{G} x {'up to ' if sft else ''}{block_size} tokens per step ({world} process(es) x {accum} micro-steps x {batch_size}) | {device}")
 
 
 def fmt_val(v):
