@@ -25,6 +25,7 @@ from configurator import configure
 from eval import entropy, gen_ppl, generated, val_windows
 from model import load_checkpoint
 from tokenizer import same_tokens
+from unmask import canvas
 
 # -----------------------------------------------------------------------------
 what = "samplers"               # 'samplers' (sample.py) or 'fast' (fast_sample.py vs sample.py)
@@ -48,63 +49,56 @@ def timed(f):
     """(f(), seconds it took), waiting for the GPU if there is one."""
     t0 = time.perf_counter()
     out = f()
-    if device.startswith("cuda"):
+    if torch.cuda.is_available():
         torch.cuda.synchronize()
     return out, time.perf_counter() - t0
 
 
-def run(fns, prompts):
-    """Generate for each prompt alone with every fn in turn, interleaved prompt by prompt so that a slow
-    spell of a shared machine hits every method alike; per fn: (samples (N, P + L), NFE per sample, seconds)."""
+def run(fns, prompts, seed=1337):
+    """Generate for each prompt alone with every fn(x, generator) -> (samples, NFE) in turn,
+    interleaved prompt by prompt so that a slow spell of a shared machine hits every method alike;
+    per fn: (samples (N, P + L), NFE per sample, seconds)."""
     res = [([], 0.0, 0.0) for _ in fns]
     for j in range(len(prompts)):
         for i, fn in enumerate(fns):
-            g = torch.Generator(device=device).manual_seed(seed + j)
+            g = torch.Generator(device=prompts.device).manual_seed(seed + j)
             (out, n), dt = timed(lambda: fn(prompts[j:j + 1], g))
             outs, nfe, secs = res[i]
             res[i] = (outs + [out], nfe + n, secs + dt)
     return [(torch.cat(outs), nfe / len(prompts), secs) for outs, nfe, secs in res]
 
 
-def quality(samples, P):
-    """Gen PPL and entropy of the generated text, up to the first EOS."""
-    return gen_ppl(judge_model, samples, P, eos), entropy(samples, P, eos)
-
-
-def bench_samplers():
-    prompts = prompts_for(prompt_len + gen_length)
-    P, L = prompts.size(1), gen_length
-    print(f"| sampler | steps | NFE | gen PPL | entropy | s/sample |")
-    print(f"| --- | --- | --- | --- | --- | --- |")
+def bench_samplers(model, judge, prompts, L, *, block_length=32, temperature=0.0, eta=0.02, seed=1337, eos=-1):
+    """One row per sampler and step count: NFE, gen PPL, entropy, seconds per sample."""
+    P = prompts.size(1)
+    print("| sampler | steps | NFE | gen PPL | entropy | s/sample |")
+    print("| --- | --- | --- | --- | --- | --- |")
     rows = []
     for steps in (L // 4, L // 2, L):
-        for name, rm, bl in [("llada low_confidence, blocks of 32", "low_confidence", block_length),
+        for name, rm, bl in [(f"llada low_confidence, blocks of {block_length}", "low_confidence", block_length),
                              ("llada low_confidence, one block", "low_confidence", L),
-                             ("llada margin, blocks of 32", "margin", block_length),
-                             ("llada entropy, blocks of 32", "entropy", block_length),
+                             (f"llada margin, blocks of {block_length}", "margin", block_length),
+                             (f"llada entropy, blocks of {block_length}", "entropy", block_length),
                              ("llada random, one block", "random", L)]:
             if steps % (L // bl) == 0:
-                rows.append((name, steps, lambda x, g, s=steps, rm=rm, bl=bl:
-                             sample.generate(model, x, s, L, bl, temperature, remasking=rm, generator=g)))
+                rows.append((name, steps, lambda x, g, s=steps, rm=rm, bl=bl: sample.generate(
+                    model, x, steps=s, gen_length=L, block_length=bl, temperature=temperature, remasking=rm,
+                    eos_id=eos, generator=g)))
     for steps in (L // 4, L // 2, L, 2 * L):  # more steps than tokens: room for ReMDM to revise
-        rows.append(("mdlm ancestral", steps, lambda x, g, s=steps:
-                     sample.generate_ancestral(model, x, s, L, temperature, generator=g)))
-        rows.append((f"remdm (eta {eta})", steps, lambda x, g, s=steps:
-                     sample.generate_ancestral(model, x, s, L, temperature, eta=eta, generator=g)))
-    for (name, steps, _), (samples, nfe, secs) in zip(rows, run([fn for _, _, fn in rows], prompts)):
-        ppl, h = quality(samples, P)
+        for name, e in [("mdlm ancestral", 0.0), (f"remdm (eta {eta})", eta)]:
+            rows.append((name, steps, lambda x, g, s=steps, e=e: sample.generate_ancestral(
+                model, x, steps=s, gen_length=L, temperature=temperature, eta=e, eos_id=eos, generator=g)))
+    for (name, steps, _), (samples, nfe, secs) in zip(rows, run([fn for _, _, fn in rows], prompts, seed)):
+        ppl, h = gen_ppl(judge, samples, P, eos), entropy(samples, P, eos)
         print(f"| {name} | {steps} | {nfe:.1f} | {ppl:.2f} | {h:.3f} | {secs / len(prompts):.2f} |", flush=True)
-    print(f"\n{len(prompts)} samples of {L} tokens after {P}-token val prompts, temperature {temperature}; "
-          f"val text: gen PPL {real_ppl:.2f}, entropy {real_h:.3f}")
 
 
-def bench_fast():
-    prompts = prompts_for(prompt_len + max(map(int, lengths.split(","))))
+def bench_fast(model, judge, prompts, Ls, *, block_length=32, temperature=0.0, threshold=0.9, factor=1.0,
+               seed=1337, eos=-1):
+    """For each generation length: the baseline (sample.py) and Fast-dLLM's caches and rules, with
+    tok/s, NFE, speed-up, gen PPL, entropy and agreement with the baseline's tokens; then the cost of
+    one full forward against one dual-cache block step."""
     P = prompts.size(1)
-    Ls = [L for L in map(int, lengths.split(",")) if P + L <= model.config.block_size]
-    if not Ls:
-        sys.exit(f"error: no length in {lengths} fits the model's context of {model.config.block_size} with a "
-                 f"{P}-token prompt")
     configs = [("baseline (sample.py)", None),
                (f"+ parallel (threshold {threshold})", dict(cache="none", threshold=threshold)),
                ("+ prefix cache", dict(cache="prefix", threshold=0.0)),
@@ -118,34 +112,29 @@ def bench_fast():
     print("| L | method | tok/s | NFE | speed-up | tokens/sample | gen PPL | entropy | agree |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for L in Ls:  # one length at a time, every method on the same prompts, the baseline first
-        fns = [(lambda x, g, L=L: sample.generate(model, x, L, L, block_length, temperature, eos_id=eos, generator=g))
-               if kw is None else
-               (lambda x, g, L=L, kw=kw: fast_sample.generate(model, x, L, L, block_length, temperature,
-                                                               eos_id=eos, generator=g, **kw)) for _, kw in configs]
-        for (name, kw), (samples, nfe, secs) in zip(configs, run(fns, prompts)):
+        opts = dict(steps=L, gen_length=L, block_length=block_length, temperature=temperature, eos_id=eos)
+        fns = [(lambda x, g, o=opts: sample.generate(model, x, generator=g, **o)) if kw is None else
+               (lambda x, g, o=opts, kw=kw: fast_sample.generate(model, x, generator=g, **o, **kw)) for _, kw in configs]
+        for (name, kw), (samples, nfe, secs) in zip(configs, run(fns, prompts, seed)):
             tokens = int(generated(samples, P, eos).sum())  # before the first EOS, as the output is cut
             if kw is None:
                 base, base_tok_s = samples, tokens / secs
-            ppl, h = quality(samples, P)
+            ppl, h = gen_ppl(judge, samples, P, eos), entropy(samples, P, eos)
             agree = (samples[:, P:] == base[:, P:]).float().mean().item()
             print(f"| {L} | {name} | {tokens / secs:.1f} | {nfe:.1f} | {tokens / secs / base_tok_s:.1f}x | "
                   f"{tokens / len(prompts):.0f} | {ppl:.2f} | {h:.3f} | {agree:.2f} |", flush=True)
     print("\n| L | one forward: all P + L positions | one block with the dual cache | ratio |")
     print("| --- | --- | --- | --- |")
     for L in Ls:  # what a baseline step and a cached step cost (medians of 20, batch 1)
-        full, step = forward_costs(prompts[:1], L)
+        full, step = forward_costs(model, prompts[:1], L, block_length)
         print(f"| {L} | {full:.1f} ms | {step:.1f} ms | {full / step:.1f} |")
-    print(f"\n{len(prompts)} prompts of {P} tokens, one at a time; steps = L, blocks of {block_length}, "
-          f"temperature {temperature}, low-confidence remasking; tok/s: generated tokens before the first EOS "
-          f"per second; speed-up: over the baseline's tok/s in this run; agree: the fraction of generated "
-          f"positions equal to the baseline's. Judge: {judge}. Device: {device}, {torch.get_num_threads()} threads.")
 
 
 @torch.no_grad()
-def forward_costs(prompt, L, n=20):
+def forward_costs(model, prompt, L, block_length, n=20):
     """Milliseconds of a forward over the whole canvas (what the baseline pays per step) and of a
     dual-cache step over the first block (what fast_sample.py pays): medians of n runs."""
-    x, P = sample.canvas(prompt, L, model.config.mask_id), prompt.size(1)
+    x, P = canvas(prompt, L, model.config.mask_id), prompt.size(1)
     _, kv = model(x, return_kv=True)
 
     def ms(f):
@@ -153,18 +142,20 @@ def forward_costs(prompt, L, n=20):
     return ms(lambda: model(x)), ms(lambda: model(x[:, P:P + block_length], start=P, kv=kv))
 
 
-def prompts_for(T):
-    """num_samples prompts, evenly spaced over the val split: the starts of val windows of T tokens,
-    or, for an SFT dataset, the prompts of its val pairs (all of one length, e.g. shakespeare_speech)."""
+def prompts_for(data_dir, T, num_samples, prompt_len):
+    """(num_samples prompts, their real continuations or None), evenly spaced over the val split: the
+    starts of val windows of T tokens, or, for an SFT dataset, the prompts of its val pairs (all of one
+    length, e.g. shakespeare_speech)."""
     if os.path.exists(os.path.join(data_dir, "val_sft.pkl")):
         with open(os.path.join(data_dir, "val_sft.pkl"), "rb") as f:
             ps = [p for p, _ in pickle.load(f)]
         ps = [ps[i] for i in torch.linspace(0, len(ps) - 1, num_samples).long().tolist()]
         if len(set(map(len, ps))) > 1:
-            sys.exit(f"error: the val prompts of {data_dir} have different lengths")
-        return torch.tensor(ps, device=device)
+            raise ValueError(f"the val prompts of {data_dir} have different lengths")
+        return torch.tensor(ps), None
     w = val_windows(data_dir, T)
-    return w[torch.linspace(0, len(w) - 1, num_samples).long(), :prompt_len].to(device)
+    w = w[torch.linspace(0, len(w) - 1, num_samples).long()]
+    return w[:, :prompt_len], w
 
 
 if __name__ == "__main__":
@@ -182,12 +173,27 @@ if __name__ == "__main__":
     data_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", ckpt["config"]["dataset"])
     eos = ckpt["meta"].get("eos_id", -1)
     torch.manual_seed(seed)
+    opts = dict(block_length=block_length, temperature=temperature, seed=seed, eos=eos)
     if what == "samplers":
         if prompt_len + gen_length > model.config.block_size:
             sys.exit(f"error: prompt_len + gen_length exceeds the model's context of {model.config.block_size}")
-        real = val_windows(data_dir, prompt_len + gen_length)
-        real = real[torch.linspace(0, len(real) - 1, num_samples).long()].to(device)
-        real_ppl, real_h = quality(real, prompt_len)
-        bench_samplers()
+        prompts, real = prompts_for(data_dir, prompt_len + gen_length, num_samples, prompt_len)
+        bench_samplers(model, judge_model, prompts.to(device), gen_length, eta=eta, **opts)
+        if real is not None:
+            real = real.to(device)
+            print(f"\n{len(prompts)} samples of {gen_length} tokens after {prompt_len}-token val prompts, temperature "
+                  f"{temperature}; val text: gen PPL {gen_ppl(judge_model, real, prompt_len):.2f}, entropy "
+                  f"{entropy(real, prompt_len):.3f}")
     else:
-        bench_fast()
+        Ls = list(map(int, lengths.split(",")))
+        prompts, _ = prompts_for(data_dir, prompt_len + max(Ls), num_samples, prompt_len)
+        P = prompts.size(1)
+        Ls = [L for L in Ls if P + L <= model.config.block_size]
+        if not Ls:
+            sys.exit(f"error: no length in {lengths} fits the model's context of {model.config.block_size} with a "
+                     f"{P}-token prompt")
+        bench_fast(model, judge_model, prompts.to(device), Ls, threshold=threshold, factor=factor, **opts)
+        print(f"\n{len(prompts)} prompts of {P} tokens, one at a time; steps = L, blocks of {block_length}, "
+              f"temperature {temperature}, low-confidence remasking; tok/s: generated tokens before the first EOS "
+              f"per second; speed-up: over the baseline's tok/s in this run; agree: the fraction of generated "
+              f"positions equal to the baseline's. Judge: {judge}. Device: {device}, {torch.get_num_threads()} threads.")

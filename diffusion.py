@@ -9,6 +9,9 @@ The continuous-time negative ELBO (MDLM eq. 10, LLaDA eq. 3) bounds the NLL of x
 For the linear schedule alpha_t = 1 - t the weight is 1/t. Unmasked positions contribute nothing
 (the model copies them), and the sum is divided by the number of positions L (never by the number
 of masked ones): only then is the number an upper bound on the NLL per token.
+
+train.py trains through noise() and loss() (the seam duo.py and ar.py share); eval.py measures
+with nll_bound().
 """
 
 import math
@@ -56,11 +59,10 @@ def q_sample(x0, t, mask_id, schedule="linear", maskable=None, generator=None):
 
 def q_sample_count(x0, n_mask, mask_id, maskable=None, generator=None):
     """LLaDA's lower-variance forward process (LLaDA appendix B.1): mask exactly n_mask[b] of the
-    maskable positions of row b, chosen uniformly. With t = n_mask / n (n maskable positions) the
-    ELBO weight n/l (sample_count) elbo_loss is the unbiased estimator
-    E_l [ (1/l) sum_{masked} -log p(x0^i | x_l) ], l ~ U{1..n}: the same bound as the continuous
-    form (substitute r = 1 - alpha_t in the integral: the bound does not depend on the schedule),
-    without the binomial noise in the number of masked tokens."""
+    maskable positions of row b, chosen uniformly. Paired with sample_count (l ~ U{1..n}, weight n/l)
+    it estimates the same bound as the continuous form, E_l [ (n/l) sum_{masked} -log p(x0^i | x_l) ] / n:
+    substitute r = 1 - alpha_t in the ELBO integral (the bound does not depend on the schedule) and
+    draw the number of masks instead of each mask, without the binomial noise in their count."""
     u = torch.rand(x0.shape, device=x0.device, generator=generator)
     if maskable is not None:
         u = u.masked_fill(~maskable, 2.0)  # never among the first n_mask
@@ -96,18 +98,29 @@ def flat_weight(masked, maskable=None):
     proportion to r instead of uniformly, and the number is not a bound. It is a training surrogate
     whose gradient has a far lower variance than the ELBO's 1/t weighting (a row with one masked
     token no longer carries the weight of a full row); train.py's --train_loss=flat uses it, and at
-    our budgets it trains models with a lower *ELBO* than training on the ELBO does (README)."""
+    our budgets it trains models with a lower val NLL bound (a tighter negative ELBO) than training
+    on the negative ELBO itself does (RESULTS.md)."""
     n = maskable.sum(1).float() if maskable is not None else torch.full((masked.size(0),), float(masked.size(1)),
                                                                          device=masked.device)
     return n * masked.size(0) / masked.sum().clamp(min=1)
 
 
-def elbo(model, x0, mask_id, schedule="linear", eps=1e-3, maskable=None, count=False,
-         antithetic=True, generator=None):
-    """Draw the noise, run the model, return the per-sequence negative ELBO (B,): the continuous
-    form (t ~ U(eps, 1), each token masked w.p. 1 - alpha_t) or, with count=True, LLaDA's
-    lower-variance form (exactly l ~ U{1..n} tokens masked)."""
-    if count:
+# -----------------------------------------------------------------------------
+# The seam train.py calls (duo.py and ar.py have the same two functions): noise() draws the noise for
+# a batch of clean rows and returns what the loss needs, as tensors whose first dimension is the row
+# (train.py splits a global batch among processes and micro-steps by slicing rows); loss() is the
+# training loss of such a batch.
+
+def noise(x0, maskable, mask_id, schedule="linear", masking="rate", eps=1e-3, antithetic=True, flat=False,
+          generator=None):
+    """x0: (B, L) clean ids; maskable: (B, L) bool, the positions that may be masked (all of them for
+    pretraining, the response and its padding for SFT), or None for all. Returns
+    (x_t, x0, weight, masked, maskable): the noisy rows, the clean ones, each row's loss weight (B,),
+    the masked positions (B, L). masking='rate': t ~ U(eps, 1), antithetic across the batch, each
+    token masked w.p. 1 - alpha_t, weight -alpha'_t / (1 - alpha_t); 'count': exactly l ~ U{1..n} of
+    the n maskable tokens, weight n / l (LLaDA). flat=True swaps the weights for flat_weight's (a
+    surrogate for training, not a bound). The draws come from `generator` in a fixed order."""
+    if masking == "count":
         n = torch.full((x0.size(0),), x0.size(1), device=x0.device) if maskable is None else maskable.sum(1)
         l, w = sample_count(n, antithetic, generator)
         x_t, masked = q_sample_count(x0, l, mask_id, maskable, generator)
@@ -115,7 +128,17 @@ def elbo(model, x0, mask_id, schedule="linear", eps=1e-3, maskable=None, count=F
         t = sample_t(x0.size(0), eps, antithetic, x0.device, generator)
         x_t, masked = q_sample(x0, t, mask_id, schedule, maskable, generator)
         w = loss_weight(t, schedule)
-    return elbo_loss(model(x_t), x0, masked, w, maskable)
+    if flat:  # the same masks, every masked token weighted alike
+        w = flat_weight(masked, maskable)
+    return x_t, x0, w, masked, maskable
+
+
+def loss(model, batch, reduce=True):
+    """The negative ELBO of a batch from noise(), nats per position: the batch mean, or with
+    reduce=False each row's (B,)."""
+    x_t, x0, w, masked, maskable = batch
+    per_row = elbo_loss(model(x_t), x0, masked, w, maskable)
+    return per_row.mean() if reduce else per_row
 
 
 @torch.no_grad()
@@ -133,6 +156,7 @@ def nll_bound(model, batches, mask_id, schedule="linear", eps=1e-3, n_draws=1, s
             gen = torch.Generator(device=x0.device).manual_seed(seed)
         m = None if maskable is None else maskable.to(x0.device)[None].expand_as(x0)
         for _ in range(n_draws):
-            vals.append(elbo(model, x0, mask_id, schedule, eps, m, count, generator=gen).float())
+            batch = noise(x0, m, mask_id, schedule, "count" if count else "rate", eps, generator=gen)
+            vals.append(loss(model, batch, reduce=False).float())
     v = torch.cat(vals)
     return v.mean().item(), (v.std() / math.sqrt(v.numel())).item()

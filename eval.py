@@ -30,10 +30,11 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+import ar
 from configurator import configure
 from diffusion import nll_bound
 from model import load_checkpoint
-from sample import add_gumbel_noise, generate
+from sample import cut_at_eos, generate
 from tokenizer import get_codec, same_tokens
 
 
@@ -74,26 +75,6 @@ def heldout_nll(model, windows, n_draws=8, seed=0, batch_size=64):
     batches = windows.split(batch_size)
     return nll_bound(model, batches, model.config.mask_id, n_draws=n_draws, seed=seed, count=True,
                      maskable=maskable)
-
-
-@torch.no_grad()
-def generate_ar(model, prompt, gen_length, temperature=1.0, generator=None):
-    """Autoregressive sampling with a K/V cache: buffers for the whole sequence, filled as it grows
-    (the causal mask hides the positions not written yet)."""
-    B, P = prompt.shape
-    logits, fresh = model(prompt, return_kv=True)
-    kv = []
-    for k, v in fresh:  # (B, H, P, D) -> buffers (B, H, P + gen_length, D)
-        kb, vb = k.new_zeros(B, k.size(1), P + gen_length, k.size(3)), v.new_zeros(B, v.size(1), P + gen_length, v.size(3))
-        kb[:, :, :P], vb[:, :, :P] = k, v
-        kv.append((kb, vb))
-    x = prompt
-    for i in range(gen_length):
-        tok = add_gumbel_noise(logits[:, -1], temperature, generator).argmax(-1, keepdim=True)  # (B, 1)
-        x = torch.cat([x, tok], 1)
-        if i + 1 < gen_length:
-            logits = model(tok, start=P + i, kv=kv)
-    return x
 
 
 def generated(samples, prompt_len, eos_id=-1):
@@ -183,27 +164,28 @@ if __name__ == "__main__":
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     shown = []
 
-    def row(name, cells, samples):
-        ppl, h = gen_ppl(judge_model, samples, prompt_len), entropy(samples, prompt_len)
+    def row(name, cells, samples, eos=-1):
+        ppl, h = gen_ppl(judge_model, samples, prompt_len, eos), entropy(samples, prompt_len, eos)
         print(f"| {name} | " + " | ".join(cells + [f"{ppl:.2f}", f"{h:.3f}"]) + " |", flush=True)
-        shown.append((name, samples))
+        shown.append((name, cut_at_eos(samples[0].tolist(), eos, prompt_len)))  # the judge's vocabulary has no EOS
 
     row("val text", [""] * 5, real)  # the reference: the real continuations
     for out_dir, model, ckpt in models:
         g = torch.Generator(device=device).manual_seed(seed)
+        eos = ckpt["meta"].get("eos_id", -1)  # an SFT vocabulary's EOS, past the judge's embedding: cut there
         if model.config.causal:
-            samples = generate_ar(model, prompts, gen_length, temperature, g)
+            samples = ar.generate(model, prompts, gen_length, temperature, g)
         else:
-            samples, _ = generate(model, prompts, steps, gen_length, block_length, temperature, remasking=remasking,
-                                      generator=g)
+            samples, _ = generate(model, prompts, steps=steps, gen_length=gen_length, block_length=block_length,
+                                  temperature=temperature, remasking=remasking, eos_id=eos, generator=g)
         mean, se = heldout_nll(model, windows, n_draws, seed)
         cells = [f"{model.num_params() / 1e6:.2f}M", f"{ckpt['tokens'] / 1e6:.1f}M", f"{ckpt['train_time'] / 60:.1f} min",
                  f"{mean:.3f} +- {se:.3f} ({'exact' if model.config.causal else 'bound'})"]
         cells += [f"{mean / math.log(2) * tok_per_char:.3f}"]
-        row(f"{out_dir} ({'AR' if model.config.causal else 'MDLM'})", cells, samples)
+        row(f"{out_dir} ({'AR' if model.config.causal else 'MDLM'})", cells, samples, eos)
     print(f"\nval NLL: {len(windows)} val windows of {T_nll} tokens, token 0 given; diffusion bound over "
           f"{n_draws} draws per window. Samples: {num_samples} x {gen_length} tokens after {prompt_len}-token "
           f"val prompts; diffusion: {steps} steps, blocks of {block_length}, {remasking} remasking; temperature "
           f"{temperature}. Judge: {judge} ({judge_model.num_params() / 1e6:.2f}M, AR).")
-    for name, samples in shown:
-        print(f"\n--- {name}:\n{decode(samples[0].tolist())}")
+    for name, ids in shown:
+        print(f"\n--- {name}:\n{decode(ids)}")

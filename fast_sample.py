@@ -1,6 +1,6 @@
 """
 Fast-dLLM (Wu et al. 2025): training-free acceleration of the LLaDA sampler of sample.py, with
-the same structure and names; read the two generate() side by side. What changes:
+the same structure, names and step (unmask.py); read the two generate() side by side. What changes:
 
 1. A block-wise K/V cache. At the start of every block one full forward refreshes the keys/values
    of every layer at every position; that forward is also the block's first decoding step. Later
@@ -26,7 +26,7 @@ the same structure and names; read the two generate() side by side. What changes
 
 import torch
 
-from sample import add_gumbel_noise, canvas, confidence, first_masked, num_transfer_tokens, padded_forward
+from unmask import blocks, canvas, commit, num_transfer_tokens, padded_forward
 
 CACHES = ("none", "prefix", "dual")
 
@@ -39,9 +39,48 @@ def factor_rule(conf, f):
     return ok.sum(1).clamp(min=1)
 
 
+def parallel_rule(threshold, factor):
+    """Fast-dLLM's commit count as a function of the confidences (b, W): every position at least
+    `threshold` sure (at least one), or else the factor rule."""
+    if threshold > 0:
+        return lambda conf: (conf >= threshold).sum(1).clamp(min=1)
+    return lambda conf: factor_rule(conf, factor)
+
+
+def active_rows(x, lo, e, m, fixed):
+    """The rows that still need the model: a mask left on the canvas and, under a parallel rule, in
+    the window (a finished row stops calling the model). slice(None) for all, None for none."""
+    active = (x == m).any(1) & ((x[:, lo:e] == m).any(1) | fixed)
+    if active.all():
+        return slice(None)
+    return active.nonzero().squeeze(1) if active.any() else None
+
+
+def cached_forward(fwd, x, rows, lo, e, cache, kv, refresh):
+    """The window's logits (b, e - lo, V) for the given rows, and the cache (per layer, (B, H, T, D)
+    key and value buffers for the whole canvas). A refresh (a block's first step) is a full forward
+    whose keys/values become the cache; later steps run the block and everything after it against it
+    (prefix) or the block alone (dual); cache='none' always runs the full canvas."""
+    if cache == "none":
+        return fwd(x[rows], rows)[:, lo:e], kv
+    if refresh:
+        logits, fresh = fwd(x[rows], rows, return_kv=True)
+        if kv is None:
+            kv = [(k.new_zeros(len(x), *k.shape[1:]), v.new_zeros(len(x), *v.shape[1:])) for k, v in fresh]
+        for (kb, vb), (k, v) in zip(kv, fresh):
+            kb[rows], vb[rows] = k, v
+        return logits[:, lo:e], kv
+    kv_rows = kv if isinstance(rows, slice) else [(kb[rows], vb[rows]) for kb, vb in kv]
+    if cache == "prefix":
+        return fwd(x[rows, lo:], rows, start=lo, kv=kv_rows)[:, :e - lo], kv
+    return fwd(x[rows, lo:e], rows, start=lo, kv=kv_rows), kv
+
+
 def eos_fill(x, P, m, eos_id):
     """Rows that have committed EOS with nothing but EOS (or masks) after it: fill those masks with EOS."""
     gen = x[:, P:]
+    if gen.size(1) == 0:  # infilling: nothing generated after the prompt
+        return
     is_eos = gen == eos_id
     j = torch.where(is_eos.any(1), is_eos.float().argmax(1), gen.size(1))  # first EOS (or none)
     after = torch.arange(gen.size(1), device=x.device)[None] > j[:, None]
@@ -50,74 +89,33 @@ def eos_fill(x, P, m, eos_id):
 
 
 @torch.no_grad()
-def generate(model, prompt, steps=128, gen_length=128, block_length=128, temperature=0.0,
-             remasking="low_confidence", mask_id=None, threshold=0.9, factor=None, cache="dual", eos_id=-1,
-             forbid_eos=False, pad=None, eos_stop=True, generator=None, on_step=None):
-    """Fast-dLLM, with the arguments of its generate_with_dual_cache() first and in its order.
-    threshold > 0: the threshold rule; else factor > 0: the factor rule; else (both 0 or None) sample.py's
-    fixed schedule of `steps`. Returns (canvas (B, P + gen_length), NFE: model calls per row)."""
-    m = model.config.mask_id if mask_id is None else mask_id
-    threshold, factor = threshold or 0.0, factor or 0.0
-    B, P = prompt.shape
-    if gen_length and gen_length % block_length:
-        raise ValueError(f"gen_length={gen_length} is not divisible by block_length={block_length}")
+def generate(model, prompt, *, steps=128, gen_length=128, block_length=128, temperature=0.0,
+             remasking="low_confidence", cache="dual", threshold=0.9, factor=0.0, eos_stop=True,
+             mask_id=None, eos_id=-1, forbid_eos=False, pad=None, generator=None, on_step=None):
+    """Fast-dLLM: sample.generate with a K/V cache and parallel commits. threshold > 0: the threshold
+    rule; else factor > 0: the factor rule; else sample.py's fixed schedule of `steps`.
+    Returns (canvas (B, P + gen_length), NFE per row)."""
     if cache not in CACHES:
         raise ValueError(f"unknown cache {cache!r}; choose from {CACHES}")
-    num_blocks = gen_length // block_length if gen_length else 1  # gen_length 0: one block, the infill
-    if steps % num_blocks:
-        raise ValueError(f"steps={steps} is not divisible by the number of blocks {num_blocks}")
-    steps //= num_blocks
+    m = model.config.mask_id if mask_id is None else mask_id
     fixed = threshold <= 0 and factor <= 0
     x = canvas(prompt, gen_length, m)
-    T = x.size(1)
-    fwd, calls, kv = padded_forward(model, pad, T), 0, None
-    for nb in range(num_blocks):
-        s, e = P + nb * block_length, P + (nb + 1) * block_length if gen_length else P  # the block
-        w = first_masked(x, m, s)  # commits can happen in x[:, w:e]: the block and any infill before it
-        k = num_transfer_tokens(x[:, w:e] == m, steps)  # (B, steps), for the fixed schedule
-        for i in range(steps if fixed else e - w):  # the parallel rules commit >= 1 per step and row
-            masked = x[:, w:e] == m  # (B, e - w)
-            active = (x == m).any(1) & (masked.any(1) | fixed)  # rows that still need the model
-            if not active.any():
+    fwd, nfe, kv = padded_forward(model, pad, x.size(1), eos_id if forbid_eos else -1), 0, None
+    for lo, e, n_steps in blocks(x, prompt.size(1), gen_length, block_length, steps, m):
+        k = num_transfer_tokens(x[:, lo:e] == m, n_steps)  # (B, n_steps), for the fixed schedule
+        for i in range(n_steps if fixed else e - lo):  # the parallel rules commit >= 1 per step and row
+            rows = active_rows(x, lo, e, m, fixed)
+            if rows is None:
                 break
-            rows = active.nonzero().squeeze(1) if not active.all() else slice(None)
-            if cache == "none":
-                logits = fwd(x[rows], rows)[:, w:e]
-            elif i == 0:  # refresh: a full forward, also this step's prediction
-                logits, fresh = fwd(x[rows], rows, return_kv=True)
-                logits = logits[:, w:e]
-                if kv is None:  # the cache: (B, H, T, D) buffers per layer for the whole canvas
-                    kv = [(k_.new_zeros(B, *k_.shape[1:]), v_.new_zeros(B, *v_.shape[1:])) for k_, v_ in fresh]
-                for (kb, vb), (k_, v_) in zip(kv, fresh):
-                    kb[rows], vb[rows] = k_, v_
-            else:
-                kv_rows = kv if isinstance(rows, slice) else [(kb[rows], vb[rows]) for kb, vb in kv]
-                if cache == "prefix":  # the block and everything after it, against the cached prefix
-                    logits = fwd(x[rows, w:], rows, start=w, kv=kv_rows)[:, :e - w]
-                else:  # dual: the block alone, against cached keys/values on both sides
-                    logits = fwd(x[rows, w:e], rows, start=w, kv=kv_rows)
-            calls += int(active.sum())
-            if forbid_eos and eos_id >= 0:
-                logits[..., eos_id] = float("-inf")
-            x0 = add_gumbel_noise(logits, temperature, generator).argmax(-1)  # (b, e - w) candidates
-            conf = torch.where(masked[rows], confidence(logits, x0, remasking, generator), float("-inf"))
-            if fixed:  # sample.py's schedule: the k[b, i] most confident
-                commit = torch.zeros_like(conf, dtype=torch.bool)
-                for j, b in enumerate(active.nonzero().squeeze(1).tolist()):
-                    commit[j, torch.topk(conf[j], k=int(k[b, i])).indices] = True
-            else:
-                if threshold > 0:  # every position at least tau sure
-                    commit = conf >= threshold
-                else:  # the factor rule's n most confident
-                    rank = conf.argsort(dim=1, descending=True).argsort(dim=1)
-                    commit = rank < factor_rule(conf, factor)[:, None]
-                commit[torch.arange(len(conf)), conf.argmax(1)] = True  # always at least the most confident
-                commit &= masked[rows]
-            x[rows, w:e] = torch.where(commit, x0, x[rows, w:e])
+            logits, kv = cached_forward(fwd, x, rows, lo, e, cache, kv, refresh=i == 0)
+            nfe += len(logits)
+            n = k[rows, i] if fixed else parallel_rule(threshold, factor)
+            cand, chosen = commit(logits, x[rows, lo:e] == m, n, temperature, remasking, generator)
+            x[rows, lo:e] = torch.where(chosen, cand, x[rows, lo:e])
             if eos_stop and eos_id >= 0:
-                eos_fill(x, P, m, eos_id)
+                eos_fill(x, prompt.size(1), m, eos_id)
             if on_step:
                 full = torch.zeros_like(x, dtype=torch.bool)
-                full[rows, w:e] = commit
+                full[rows, lo:e] = chosen
                 on_step(x, full)
-    return x, calls / B
+    return x, nfe / len(x)

@@ -1,10 +1,13 @@
 """
-Text <-> token ids for a prepared dataset, from its meta.pkl: characters (shakespeare_char) or
-GPT-2 BPE via tiktoken (shakespeare), each with a [MASK] id appended to the vocabulary.
+A prepared dataset as the models see it: its vocabulary (meta.pkl), text <-> token ids (characters,
+as shakespeare_char, or GPT-2 BPE via tiktoken, as shakespeare; each with a [MASK] id appended), and
+the SFT data contract (sft_rows).
 """
 
 import os
 import pickle
+
+import torch
 
 MASK_GLYPH = "_"  # how a [MASK] is drawn when a canvas is decoded
 
@@ -55,3 +58,26 @@ def get_codec(meta):
                     run.append(i)
             return "".join(out) + enc.decode(run)
     return encode, decode
+
+
+def load_sft(data_dir, split, block_size):
+    """The SFT records of a split, {split}_sft.pkl: a list of (prompt ids, response ids) pairs. Records
+    whose prompt leaves no room for a response in block_size are dropped."""
+    with open(os.path.join(data_dir, f"{split}_sft.pkl"), "rb") as f:
+        return [(p, r) for p, r in pickle.load(f) if len(p) < block_size]
+
+
+def sft_rows(records, block_size, eos_id, generator=None):
+    """LLaDA SFT rows: prompt + response + EOS padding, (n, T), and the positions that may be masked,
+    (n, T) bool: the response and its padding (the model learns where to stop), never the prompt.
+    LLaDA pads a mini-batch to its longest row; T is drawn between that (+ one EOS) and block_size, so
+    the model sees EOS tails of every length and stops wherever a sampling canvas ends."""
+    rows = [(p, (p + r)[:block_size]) for p, r in records]
+    longest = min(max(len(r) for _, r in rows) + 1, block_size)
+    T = int(torch.randint(longest, block_size + 1, (1,), generator=generator))
+    x0 = torch.full((len(rows), T), eos_id, dtype=torch.long)
+    maskable = torch.zeros(len(rows), T, dtype=torch.bool)
+    for b, (p, row) in enumerate(rows):
+        x0[b, :len(row)] = torch.tensor(row)
+        maskable[b, len(p):] = True
+    return x0, maskable

@@ -9,11 +9,14 @@ autoregressive baseline, through the same loop. nanoGPT style:
 Every step's global batch (token windows, times t, masks) is drawn from a generator seeded by
 (seed, step) and then split among processes and micro-steps: N processes give the weights that one
 process gives with the same global batch, and a resumed run continues exactly as if never stopped.
+
+The objective is a file with two functions (diffusion.py, ar.py): noise(clean rows) -> what the loss
+needs, and loss(model, batch). This script picks one in a single place ("the objective" below) and
+never looks inside a batch.
 """
 
 import math
 import os
-import pickle
 import subprocess
 import sys
 import time
@@ -22,15 +25,15 @@ from dataclasses import asdict
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.distributed import barrier, init_process_group, destroy_process_group
 from tqdm import tqdm
 
+import ar
+import diffusion
 from configurator import configure
-from diffusion import SCHEDULES, sample_t, q_sample, sample_count, q_sample_count, loss_weight, elbo_loss, flat_weight
 from model import GPT, GPTConfig, load_checkpoint
-from tokenizer import load_meta, same_tokens
+from tokenizer import load_meta, load_sft, same_tokens, sft_rows
 
 # -----------------------------------------------------------------------------
 # defaults: a small character-level masked diffusion model on Tiny Shakespeare
@@ -46,7 +49,7 @@ eval_only = False
 dataset = "shakespeare_char"  # a folder of data/, or a path to a prepared folder (a token stream, or SFT pairs)
 batch_size = 32         # sequences per micro-step and process
 block_size = 256
-gradient_accumulation_steps = 1  # in total: divided among the DDP processes
+gradient_accumulation_steps = 1  # in total, divided among the DDP processes (fewer than processes: one each)
 # model
 n_layer = 4
 n_head = 4
@@ -79,7 +82,7 @@ seed = 1337
 config_keys = [k for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str))]
 globals().update(configure({k: globals()[k] for k in config_keys}))
 config = {k: globals()[k] for k in config_keys}
-for key, allowed in [("objective", ("mdlm", "ar")), ("schedule", SCHEDULES),
+for key, allowed in [("objective", ("mdlm", "ar")), ("schedule", diffusion.SCHEDULES),
                      ("masking", ("rate", "count")), ("train_loss", ("elbo", "flat")),
                      ("dtype", ("float32", "bfloat16"))]:
     if config[key] not in allowed:
@@ -96,13 +99,15 @@ if ddp:
     if device.startswith("cuda"):
         device = f"cuda:{os.environ['LOCAL_RANK']}"
         torch.cuda.set_device(device)
-    if gradient_accumulation_steps % world:
+    if gradient_accumulation_steps > world and gradient_accumulation_steps % world:
         sys.exit(f"error: gradient_accumulation_steps={gradient_accumulation_steps} is not divisible by {world} processes")
 else:
     rank, world = 0, 1
 master = rank == 0
-accum = gradient_accumulation_steps // world  # micro-steps per process
-G = batch_size * gradient_accumulation_steps  # sequences in one optimizer step, over all processes
+# micro-steps per process: the total split among the processes, or one each when there are fewer
+# micro-steps than processes (the global batch then grows with the processes, said at start-up)
+accum = max(1, gradient_accumulation_steps // world)
+G = batch_size * accum * world  # sequences in one optimizer step, over all processes
 device_type = "cuda" if device.startswith("cuda") else "cpu"
 torch.backends.cuda.matmul.allow_tf32 = True
 torch.backends.cudnn.allow_tf32 = True
@@ -125,76 +130,53 @@ if not any(os.path.exists(os.path.join(data_dir, f)) for f in ("val.bin", "val_s
 meta = load_meta(data_dir)
 mask_id = meta["mask_id"]
 sft = os.path.exists(os.path.join(data_dir, "train_sft.pkl"))
-if sft:  # (prompt ids, response ids) pairs; prompts that leave no room for a response are dropped
+if sft:  # (prompt ids, response ids) records: tokenizer.py's SFT contract
     if objective != "mdlm":
         sys.exit(f"error: {dataset} holds SFT pairs, which train objective=mdlm")
-    pairs = {}
-    for split in ("train", "val"):
-        with open(os.path.join(data_dir, f"{split}_sft.pkl"), "rb") as f:
-            pairs[split] = [(p, r) for p, r in pickle.load(f) if len(p) < block_size]
+    pairs = {split: load_sft(data_dir, split, block_size) for split in ("train", "val")}
 
 
-def sft_rows(split, idx, g):
-    """LLaDA SFT rows: prompt + response + EOS padding, (n, T), and the positions that may be masked,
-    (n, T) bool: the response and its padding (the model learns where to stop), never the prompt.
-    LLaDA pads a mini-batch to its longest row; T is drawn between that (+ one EOS) and block_size, so
-    the model sees EOS tails of every length and stops wherever a sampling canvas ends."""
-    rows = [(p, (p + r)[:block_size]) for p, r in (pairs[split][i] for i in idx)]
-    longest = min(max(len(r) for _, r in rows) + 1, block_size)
-    T = int(torch.randint(longest, block_size + 1, (1,), generator=g))
-    x0 = torch.full((len(idx), T), meta["eos_id"], dtype=torch.long)
-    maskable = torch.zeros(len(idx), T, dtype=torch.bool)
-    for b, (p, row) in enumerate(rows):
-        x0[b, :len(row)] = torch.tensor(row)
-        maskable[b, len(p):] = True
-    return x0, maskable
+# the objective: how a batch of clean rows is noised and scored, the one place that knows (the val bound
+# of MDLM always uses the lower-variance count estimator and the ELBO's own weights, whatever trains)
+if objective == "ar":  # rows one token longer than the model's input: the last target
+    shift, val_name = 1, "NLL"
+    noise = lambda x0, maskable, g, val: ar.noise(x0, maskable)  # noqa: E731
+    loss_fn = ar.loss
+else:
+    shift, val_name = 0, "NLL bound"
+    noise = lambda x0, maskable, g, val: diffusion.noise(  # noqa: E731
+        x0, maskable, mask_id, schedule, "count" if val else masking, t_eps, antithetic,
+        flat=train_loss == "flat" and not val, generator=g)
+    loss_fn = diffusion.loss
 
 
-def get_batch(split, step, n, stream=0, masking=masking):
-    """n rows of a split with their noise, from a generator seeded by (seed, stream, step): windows of
-    block_size + 1 tokens of the stream, or SFT rows. 'ar': (x, y) shifted by one. 'mdlm': (x_t, x0,
-    ELBO weight, masked, maskable)."""
+def get_batch(split, step, n, stream=0):
+    """n clean rows of a split with their noise: windows of the token stream, or SFT rows. Drawn
+    from a generator of its own per (seed, stream, step): stream 0 trains, 1 evaluates, and
+    (seed * 3 + stream) * 10^9 + step gives every (seed, stream) pair its own range of seeds as long
+    as step < 10^9, so every step's batch is a function of the step alone (exact resume, DDP)."""
     g = torch.Generator().manual_seed((seed * 3 + stream) * 10**9 + step)
     if sft:
-        x0, maskable = sft_rows(split, torch.randint(len(pairs[split]), (n,), generator=g).tolist(), g)
+        idx = torch.randint(len(pairs[split]), (n,), generator=g).tolist()
+        x0, maskable = sft_rows([pairs[split][i] for i in idx], block_size, meta["eos_id"], g)
     else:
         data = np.memmap(os.path.join(data_dir, f"{split}.bin"), dtype=np.uint16, mode="r")
         ix = torch.randint(len(data) - block_size - 1, (n,), generator=g)
-        xy = torch.stack([torch.from_numpy(data[i:i + block_size + 1].astype(np.int64)) for i in ix.tolist()])
-        if objective == "ar":
-            return xy[:, :-1], xy[:, 1:]
-        x0, maskable = xy[:, :-1], torch.ones(n, block_size, dtype=torch.bool)
-    if masking == "count":  # exactly l ~ U{1..n} of the n maskable positions, weight n / l
-        l, w = sample_count(maskable.sum(1), antithetic, generator=g)
-        x_t, masked = q_sample_count(x0, l, mask_id, maskable, generator=g)
-    else:  # each token masked w.p. 1 - alpha_t, weight -alpha'_t / (1 - alpha_t)
-        t = sample_t(n, t_eps, antithetic, generator=g)  # antithetic over the whole global batch
-        x_t, masked = q_sample(x0, t, mask_id, schedule, maskable, generator=g)
-        w = loss_weight(t, schedule)
-    if split == "train" and train_loss == "flat":  # the same masks, every masked token weighted alike
-        w = flat_weight(masked, maskable)
-    return x_t, x0, w, masked, maskable
-
-
-def loss_fn(model, batch):
-    """Mean loss in nats per token: next-token cross-entropy ('ar') or the negative ELBO ('mdlm')."""
-    batch = [b.to(device, non_blocking=True) for b in batch]
-    if objective == "ar":
-        x, y = batch
-        return F.cross_entropy(model(x).flatten(0, 1), y.flatten())
-    x_t, x0, w, masked, maskable = batch
-    return elbo_loss(model(x_t), x0, masked, w, maskable).mean()
+        x0 = torch.stack([torch.from_numpy(data[i:i + block_size + 1].astype(np.int64)) for i in ix.tolist()])
+        x0 = x0[:, :block_size + shift]
+        maskable = torch.ones_like(x0, dtype=torch.bool)
+    return noise(x0, maskable, g, split == "val")
 
 
 @torch.no_grad()
 def estimate_val():
-    """Val loss on fixed windows and masks: exact NLL for 'ar'; for 'mdlm' the NLL bound, with the
-    lower-variance estimator (exactly l of L masked) whatever the training used: the bound is the same."""
+    """Val loss on fixed rows and noise: the exact NLL of an AR model, the NLL bound of a diffusion one."""
     raw_model.eval()  # the bare module: only the master evaluates, outside DDP
     losses = []
     for k in range(eval_iters):
         with ctx:
-            losses.append(loss_fn(raw_model, get_batch("val", k, batch_size, stream=1, masking="count")).item())
+            batch = [b.to(device) for b in get_batch("val", k, batch_size, stream=1)]
+            losses.append(loss_fn(raw_model, batch).item())
     raw_model.train()
     return sum(losses) / len(losses)
 
@@ -259,12 +241,14 @@ if ddp:
 if master:
     print(f"{objective}: {raw_model.num_params() / 1e6:.2f}M parameters | {dataset}, vocab {meta['vocab_size']} | "
           f"{G} x {'up to ' if sft else ''}{block_size} tokens per step ({world} process(es) x {accum} micro-steps x {batch_size}) | {device}")
+    if accum * world > gradient_accumulation_steps:
+        print(f"gradient_accumulation_steps={gradient_accumulation_steps} < {world} processes: one micro-step each, "
+              f"so the global batch is {world}x that of one process")
 
 
 def fmt_val(v):
     bits = f" = {v / math.log(2):.3f} bits/char" if meta["tokenizer"] == "char" else ""
-    kind = "NLL" if objective == "ar" else "NLL bound"
-    return f"val {kind} {v:.4f} nats/token{bits}"
+    return f"val {val_name} {v:.4f} nats/token{bits}"
 
 
 # the loop
@@ -297,7 +281,7 @@ while True:
         if ddp:  # all-reduce the gradients on the last micro-step only
             model.require_backward_grad_sync = micro == accum - 1
         with ctx:
-            loss = loss_fn(model, [b[rows] for b in batch]) / accum
+            loss = loss_fn(model, [b[rows].to(device, non_blocking=True) for b in batch]) / accum
         loss.backward()
     if grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
@@ -305,7 +289,7 @@ while True:
     optimizer.zero_grad(set_to_none=True)
 
     iter_num += 1
-    tokens += batch[0].numel()  # G x block_size, or fewer for SFT rows
+    tokens += batch[0][:, shift:].numel()  # what the model read: G x block_size, or fewer for SFT rows
     if master:
         lossf = loss.item() * accum  # this process's last micro-batch
         loss_ema = lossf if loss_ema is None else 0.9 * loss_ema + 0.1 * lossf

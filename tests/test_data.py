@@ -5,6 +5,8 @@ import shutil
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # every test here runs a prepare.py
+
 from conftest import ROOT, run
 from tokenizer import get_codec
 

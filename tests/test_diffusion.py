@@ -2,8 +2,14 @@ import math
 
 import torch
 
-from diffusion import (alpha, elbo, elbo_loss, flat_weight, loss_weight, nll_bound, q_sample, q_sample_count,
+from diffusion import (alpha, elbo_loss, flat_weight, loss, loss_weight, nll_bound, noise, q_sample, q_sample_count,
                        sample_count, sample_t)
+
+
+def elbo(model, x0, mask_id, count=False, generator=None):
+    """The per-sequence negative ELBO of x0 under one draw of the noise (B,)."""
+    return loss(model, noise(x0, None, mask_id, masking="count" if count else "rate", generator=generator),
+                reduce=False)
 from conftest import tiny_model
 
 

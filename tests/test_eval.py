@@ -3,13 +3,16 @@ import math
 import os
 
 import numpy as np
+import pickle
+import pytest
 
 import torch
 from torch.nn import functional as F
 
 from conftest import TINY_TRAIN, run, tiny_model
-from diffusion import elbo
-from eval import entropy, exact_match, extract_answer, gen_ppl, generate_ar, heldout_nll, token_nll
+from ar import generate as generate_ar
+from eval import entropy, exact_match, extract_answer, gen_ppl, heldout_nll, token_nll
+from test_diffusion import elbo
 
 
 def exact_mdlm(model, L, V):
@@ -82,6 +85,7 @@ def test_gen_ppl_scores_generated_tokens_only():
     assert math.isclose(gen_ppl(judge, x, prompt_len=8), math.exp(nll.mean().item()), rel_tol=1e-5)
 
 
+@pytest.mark.slow
 def test_judge_prefers_real_text_and_its_own_greedy_text_to_shuffled_text(tiny_data, tiny_judge):
     judge = tiny_judge[1]
     ids = torch.from_numpy(np.fromfile(os.path.join(tiny_data, "val.bin"), dtype=np.uint16).astype(np.int64))
@@ -101,7 +105,7 @@ def test_ar_sampling_with_cache_equals_without():
     prompt = torch.randint(0, 11, (3, 5))
     x = prompt
     g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
-    from sample import add_gumbel_noise
+    from unmask import add_gumbel_noise
     with torch.no_grad():
         for _ in range(20):  # no cache: a full forward per token
             x = torch.cat([x, add_gumbel_noise(model(x)[:, -1], 1.0, g1).argmax(-1, keepdim=True)], 1)
@@ -129,6 +133,7 @@ def test_exact_match():
     assert exact_match(["#### 12", "the answer is 5", "#### 3"], ["x #### 12", "#### 6", "#### 3"]) == 2 / 3
 
 
+@pytest.mark.slow
 def test_cli_table(tiny_data, tiny_judge, tmp_path):
     for obj in ("mdlm", "ar"):
         r = run("train.py", f"--dataset={tiny_data}", f"--out_dir={tmp_path / obj}", f"--objective={obj}",
@@ -157,3 +162,18 @@ def test_gen_ppl_and_entropy_stop_at_the_first_eos():
     expect = torch.cat([nll[0, 7:13], nll[1, 7:16]]).mean().exp().item()
     assert math.isclose(gen_ppl(judge, y, 8, eos), expect, rel_tol=1e-5)
     assert math.isclose(entropy(y, 8, eos), (entropy(x[:1, :14], 8) + entropy(x[1:, :17], 8)) / 2)
+
+
+@pytest.mark.slow
+def test_cli_on_a_checkpoint_with_eos(tiny_data, tiny_judge, tmp_path):
+    # an SFT vocabulary adds EOS after the judge's ids: its samples are cut at EOS, never scored by it
+    from test_train import sft_dataset
+    with open(os.path.join(tiny_data, "meta.pkl"), "rb") as f:
+        sft_dataset(tmp_path / "sft", pickle.load(f), 200)
+    r = run("train.py", f"--dataset={tmp_path / 'sft'}", f"--out_dir={tmp_path / 'm'}", "--max_iters=2", *TINY_TRAIN)
+    assert r.returncode == 0, r.stderr
+    r = run("eval.py", f"--ckpts={tmp_path / 'm'}", f"--judge={tiny_judge[0]}", "--num_samples=8", "--prompt_len=8",
+            "--gen_length=16", "--n_draws=1", "--temperature=3.0")
+    assert r.returncode == 0, r.stderr
+    row = [c.strip() for c in r.stdout.splitlines()[3].strip("|").split("|")]
+    assert "(bound)" in row[4] and float(row[6]) > 1.0  # gen PPL of the text before the first EOS

@@ -6,8 +6,8 @@ import torch
 from torch.nn import functional as F
 
 from conftest import TINY_TRAIN, run, tiny_model
-from sample import (confidence, cut_at_eos, generate, generate_ancestral, left_pad, num_transfer_tokens,
-                    parse_prompt)
+from sample import cut_at_eos, generate, generate_ancestral, parse_prompt
+from unmask import confidence, left_pad, num_transfer_tokens
 
 M = 11  # tiny_model's mask id (vocab 12)
 
@@ -75,7 +75,7 @@ def test_llada_matches_the_reference_step_for_step(gen_length, steps, block_leng
         return model(x).clamp(min=-1e4)
     with torch.no_grad():
         ref = reference_llada(llada_like, prompt, steps, gen_length, block_length, cfg_scale=cfg)
-    out, nfe = generate(model, prompt, steps, gen_length, block_length, temperature=0.0, cfg_scale=cfg)
+    out, nfe = generate(model, prompt, steps=steps, gen_length=gen_length, block_length=block_length, cfg_scale=cfg)
     assert torch.equal(out, ref) and (out != M).all()
     assert nfe == steps * (2 if cfg else 1)
 
@@ -121,8 +121,9 @@ def test_one_token_per_step_and_blocks_left_to_right():
 def test_seeded_runs_repeat():
     model = tiny_model(T=24)
     prompt = torch.randint(0, 11, (2, 8))
-    a, b = (generate(model, prompt, 8, 16, 8, 1.0, generator=torch.Generator().manual_seed(1))[0] for _ in range(2))
-    c = generate(model, prompt, 8, 16, 8, 1.0, generator=torch.Generator().manual_seed(2))[0]
+    kw = dict(steps=8, gen_length=16, block_length=8, temperature=1.0)
+    a, b = (generate(model, prompt, generator=torch.Generator().manual_seed(1), **kw)[0] for _ in range(2))
+    c = generate(model, prompt, generator=torch.Generator().manual_seed(2), **kw)[0]
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
@@ -132,12 +133,12 @@ def test_batched_prompts_of_different_lengths_equal_each_row_alone():
     rows = [torch.randint(0, 11, (n,), generator=g).tolist() for n in (3, 8, 5)]
     prompt, pad = left_pad(rows, pad_id=0)
     assert prompt.shape == (3, 8) and pad.tolist() == [5, 0, 3]
-    batched, _ = generate(model, prompt, 16, 16, 8, pad=pad)
+    batched, _ = generate(model, prompt, steps=16, gen_length=16, block_length=8, pad=pad)
     for b, r in enumerate(rows):
-        alone, _ = generate(model, torch.tensor([r]), 16, 16, 8)
+        alone, _ = generate(model, torch.tensor([r]), steps=16, gen_length=16, block_length=8)
         assert torch.equal(batched[b, int(pad[b]):], alone[0])
     # the ancestral sampler on a padded batch: every row's prompt kept, nothing left masked
-    out, _ = generate_ancestral(model, prompt, 16, 16, pad=pad, generator=g)
+    out, _ = generate_ancestral(model, prompt, steps=16, gen_length=16, pad=pad, generator=g)
     assert torch.equal(out[:, :8], prompt) and (out != M).all()
 
 
@@ -145,28 +146,44 @@ def test_cfg_with_left_padding_equals_each_row_alone():
     model = tiny_model(T=32)
     rows = [[1, 2, 3], [4, 5, 6, 7, 8, 9]]
     prompt, pad = left_pad(rows, pad_id=0)
-    batched, nfe = generate(model, prompt, 8, 16, 8, cfg_scale=1.0, pad=pad)
+    batched, nfe = generate(model, prompt, steps=8, gen_length=16, block_length=8, cfg_scale=1.0, pad=pad)
     for b, r in enumerate(rows):
-        alone, _ = generate(model, torch.tensor([r]), 8, 16, 8, cfg_scale=1.0)
+        alone, _ = generate(model, torch.tensor([r]), steps=8, gen_length=16, block_length=8, cfg_scale=1.0)
         assert torch.equal(batched[b, int(pad[b]):], alone[0])
 
 
-def test_cfg_zero_is_no_guidance_and_cfg_formula():
+class Guided(torch.nn.Module):
+    """Tokens a (0) and b (1): conditional logits c = (1.0, 0.9) when the prompt (position 0) is
+    visible, unconditional u = (2.0, 0.0) when it is masked (id 3)."""
+    config = type("C", (), {"mask_id": 3, "block_size": 2, "causal": False})()
+
+    def forward(self, x, **kw):
+        out = torch.full((*x.shape, 4), float("-inf"))
+        out[..., :2] = torch.where(x[:, :1, None] == 3, torch.tensor([2.0, 0.0]), torch.tensor([1.0, 0.9]))
+        return out
+
+
+def test_cfg_follows_the_guidance_formula():
+    # u + (s + 1)(c - u) = (1 - s, 0.9 (s + 1)): b wins iff s > 1/19. c alone (s = 0) picks a; a sampler
+    # using u + s(c - u) would need s > 1.05, and one whose unconditional pass saw the prompt never flips
+    prompt = torch.tensor([[2]])
+    for s, want in [(0.0, 0), (0.04, 0), (0.5, 1), (2.0, 1)]:
+        out, nfe = generate(Guided(), prompt, steps=1, gen_length=1, block_length=1, cfg_scale=s)
+        assert (out[0, 1].item(), nfe) == (want, 2 if s > 0 else 1), s
     model = tiny_model(T=24)
     prompt = torch.randint(0, 11, (2, 8))
-    a, _ = generate(model, prompt, 8, 16, 8, cfg_scale=0.0)
-    b, _ = generate(model, prompt, 8, 16, 8)
-    assert torch.equal(a, b)
     calls = []
 
     def spy(x, **kw):
         calls.append(x.clone())
         return model(x, **kw)
     spy.config = model.config
-    out, nfe = generate(spy, prompt, 8, 16, 8, cfg_scale=2.0)
+    out, nfe = generate(spy, prompt, steps=8, gen_length=16, block_length=8, cfg_scale=2.0)
     assert nfe == 16 and all(c.shape[0] == 4 for c in calls)
     assert (calls[0][2:, :8] == M).all() and torch.equal(calls[0][:2, :8], prompt)  # unconditional = prompt masked
     assert (calls[-1][2:, 8:] == calls[-1][:2, 8:]).all()  # the same answer canvas in both halves
+    unguided, _ = generate(model, prompt, steps=8, gen_length=16, block_length=8)
+    assert not torch.equal(out, unguided)  # guidance changes what is written
 
 
 def test_confidences():
@@ -202,7 +219,7 @@ def test_ancestral_sampler_matches_the_joint_with_many_steps_and_the_product_wit
     prompt = torch.empty(n, 0, dtype=torch.long)
     g = torch.Generator().manual_seed(0)
     for steps, target in [(256, model.p), (1, torch.outer(model.p.sum(1), model.p.sum(0)))]:
-        out, nfe = generate_ancestral(model, prompt, steps, 2, temperature=1.0, generator=g)
+        out, nfe = generate_ancestral(model, prompt, steps=steps, gen_length=2, temperature=1.0, generator=g)
         counts = torch.zeros(3, 3)
         for a, b in out.tolist():
             counts[a, b] += 1
@@ -220,7 +237,7 @@ def test_remdm_never_touches_the_prompt_and_ends_with_no_masks():
     def watch(x, reveal):
         remasked.append(int((x[:, 8:] == M).sum()))
         assert torch.equal(x[:, :8], prompt)
-    out, nfe = generate_ancestral(model, prompt, 64, 16, temperature=1.0, eta=0.2,
+    out, nfe = generate_ancestral(model, prompt, steps=64, gen_length=16, temperature=1.0, eta=0.2,
                                   generator=torch.Generator().manual_seed(0), on_step=watch)
     assert torch.equal(out[:, :8], prompt) and (out != M).all() and nfe <= 64
     assert any(b > a for a, b in zip(remasked, remasked[1:]))  # some decoded tokens were re-masked
@@ -231,7 +248,9 @@ def test_infilling_keeps_the_given_text():
     ids = parse_prompt("ab[MASK*3]c[MASK]d", lambda s: [ord(ch) - 97 for ch in s], M)
     assert ids == [0, 1, M, M, M, 2, M, 3]
     x = torch.tensor([ids] * 2)
-    for out, _ in [generate(model, x, 4, 0, 0), generate(model, x, 8, 8, 8), generate_ancestral(model, x, 8, 8)]:
+    for out, _ in [generate(model, x, steps=4, gen_length=0, block_length=0),
+                   generate(model, x, steps=8, gen_length=8, block_length=8),
+                   generate_ancestral(model, x, steps=8, gen_length=8)]:
         given = x != M
         assert torch.equal(out[:, :8][given], x[given]) and (out != M).all()
 
@@ -240,11 +259,13 @@ def test_eos():
     assert cut_at_eos([5, 6, 9, 7, 9], 9, 1) == [5, 6]
     assert cut_at_eos([9, 6, 7], 9, 1) == [9, 6, 7]
     model = tiny_model(T=24)
-    out, _ = generate(model, torch.randint(0, 11, (4, 8)), 16, 16, 8, temperature=5.0, eos_id=3, forbid_eos=True,
+    out, _ = generate(model, torch.randint(0, 11, (4, 8)), steps=16, gen_length=16, block_length=8, temperature=5.0,
+                      eos_id=3, forbid_eos=True,
                       generator=torch.Generator().manual_seed(0))
     assert (out[:, 8:] != 3).all()
 
 
+@pytest.mark.slow
 def test_cli(tiny_data, tmp_path):
     out = str(tmp_path)
     r = run("train.py", f"--dataset={tiny_data}", f"--out_dir={out}", "--max_iters=0", *TINY_TRAIN)
@@ -260,6 +281,11 @@ def test_cli(tiny_data, tmp_path):
             "--show", "--steps=10")
     assert r.returncode == 0, r.stderr
     assert r.stdout.split("---------------\n")[-2].startswith("the ") and "\x1b[" in r.stdout
+    r = run("sample.py", f"--out_dir={out}", "--prompt=the cat", "--gen_length=16", "--block_length=8", "--fast",
+            "--cache=prefix", "--num_samples=2")
+    assert r.returncode == 0, r.stderr
+    samples = r.stdout.split("---------------\n")[:2]
+    assert all(s.startswith("the cat") and len(s) == 7 + 16 + 1 for s in samples) and "fast prefix cache" in r.stderr
     for args, words in [(["--prompt=the cat!"], "not in the vocabulary"),
                         (["--gen_length=32"], "exceeds the model's context"),
                         (["--gen_length=12", "--block_length=8"], "not divisible"),

@@ -10,6 +10,7 @@ import torch
 
 from conftest import ROOT, TINY_TRAIN, WORDS, run
 from configurator import configure
+from tokenizer import sft_rows
 
 
 def losses(stdout):
@@ -24,6 +25,7 @@ def weights(out_dir):
     return torch.load(os.path.join(out_dir, "ckpt.pt"), weights_only=True)["model"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("objective", ["mdlm", "ar"])
 def test_training_lowers_the_loss(tiny_data, tmp_path, objective):
     r = run("train.py", f"--dataset={tiny_data}", f"--out_dir={tmp_path}", f"--objective={objective}",
@@ -39,6 +41,7 @@ def test_training_lowers_the_loss(tiny_data, tmp_path, objective):
     assert "done:" in r.stdout and os.path.exists(tmp_path / "ckpt.pt")
 
 
+@pytest.mark.slow
 def test_resume_is_exact(tiny_data, tmp_path):
     args = [f"--dataset={tiny_data}", "--lr_decay_iters=8", "--eval_interval=100", "--log_interval=1", *TINY_TRAIN]
     full = run("train.py", f"--out_dir={tmp_path / 'full'}", "--max_iters=8", *args)
@@ -53,16 +56,24 @@ def test_resume_is_exact(tiny_data, tmp_path):
     assert all(torch.equal(wf[k], wr[k]) for k in wf)
 
 
-@pytest.mark.parametrize("objective", ["mdlm", "ar"])
-def test_ddp_two_processes_equal_one(tiny_data, tmp_path, objective):
+def torchrun(*args, n=2):
+    return run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
+                os.path.join(ROOT, "train.py"), *args])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("objective,accum", [("mdlm", 1), ("ar", 2)])
+def test_ddp_two_processes_equal_one(tiny_data, tmp_path, objective, accum):
+    # one process with 2 micro-steps and two processes with one each see the same global batch,
+    # whether the 2 is asked for (accum=2) or follows from the rule "fewer than processes: one each"
     args = [f"--dataset={tiny_data}", f"--objective={objective}", "--max_iters=4", "--lr_decay_iters=4",
-            "--eval_interval=100", "--gradient_accumulation_steps=2", *TINY_TRAIN]
-    one = run("train.py", f"--out_dir={tmp_path / 'one'}", *args)
-    two = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               os.path.join(ROOT, "train.py"), f"--out_dir={tmp_path / 'two'}", *args])
+            "--eval_interval=100", *TINY_TRAIN]
+    one = run("train.py", f"--out_dir={tmp_path / 'one'}", "--gradient_accumulation_steps=2", *args)
+    two = torchrun(f"--out_dir={tmp_path / 'two'}", f"--gradient_accumulation_steps={accum}", *args)
     assert one.returncode == 0, one.stderr
     assert two.returncode == 0, two.stderr
-    assert "2 process(es) x 1 micro-steps" in two.stdout
+    assert "16 x 32 tokens per step (2 process(es) x 1 micro-steps x 8)" in two.stdout
+    assert ("one micro-step each" in two.stdout) == (accum == 1)
     w1, w2 = weights(tmp_path / "one"), weights(tmp_path / "two")
     w0 = torch.load(os.path.join(tmp_path / "one", "ckpt.pt"), weights_only=True)
     assert w0["iter_num"] == 4
@@ -81,6 +92,52 @@ def one_line_error(r, *words):
     assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
     for w in words:
         assert w in lines[0], lines[0]
+
+
+@pytest.mark.slow
+def test_quick_start_config_under_torchrun_as_written(tmp_path):
+    # the README's DDP line with the quick-start config and no DDP option: 2 processes, one micro-step each
+    if not os.path.exists(os.path.join(ROOT, "data", "shakespeare_char", "val.bin")):
+        pytest.skip("data/shakespeare_char is not prepared")
+    r = torchrun("config/shakespeare.py", f"--out_dir={tmp_path}", "--max_iters=2", "--eval_iters=1")
+    assert r.returncode == 0, r.stderr
+    assert "32 x 128 tokens per step (2 process(es) x 1 micro-steps x 16)" in r.stdout, r.stdout
+    assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["iter_num"] == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", sorted(f for f in os.listdir(os.path.join(ROOT, "config")) if f.endswith(".py")))
+def test_every_config_runs_a_step_at_a_shrunk_size(tmp_path, config):
+    with open(os.path.join(ROOT, "config", config)) as f:
+        dataset = re.search(r'^dataset = "(\w+)"', f.read(), re.M)
+    dataset = dataset.group(1) if dataset else "shakespeare_char"
+    if not os.path.exists(os.path.join(ROOT, "data", dataset, "meta.pkl")):
+        pytest.skip(f"data/{dataset} is not prepared")
+    r = run("train.py", f"config/{config}", f"--out_dir={tmp_path}", "--init_from=scratch", "--max_iters=1",
+            "--eval_iters=1", "--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=64", "--batch_size=2")
+    assert r.returncode == 0, r.stderr
+    assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["config"]["dataset"] == dataset
+
+
+@pytest.fixture(scope="module")
+def default_run(tiny_data, tmp_path_factory):
+    return option_run(tiny_data, tmp_path_factory.mktemp("default"))
+
+
+def option_run(tiny_data, out, *option):
+    r = run("train.py", f"--dataset={tiny_data}", f"--out_dir={out}", *TINY_TRAIN, "--max_iters=60",
+            "--lr_decay_iters=60", "--eval_interval=60", "--log_interval=1", *option)
+    assert r.returncode == 0, r.stderr
+    return losses(r.stdout), val(r.stdout)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("option", ["--train_loss=flat", "--masking=count", "--schedule=cosine"])
+def test_quick_start_options_reach_the_loss_and_still_train(tiny_data, tmp_path, default_run, option):
+    (l0, v0), (l1, v1) = default_run, option_run(tiny_data, tmp_path, option)
+    assert v1[0] == v0[0]  # the same initial weights and val bound: only the training loss differs
+    assert l1[1] != l0[1]  # the option changes the first step's loss: it reaches the loss
+    assert v1[1] < v1[0] - 0.15, v1  # and it trains
 
 
 def test_configurator():
@@ -108,6 +165,24 @@ def test_config_file(tmp_path):
         configure(d, [str(bad)])
 
 
+def test_sft_rows_never_mask_the_prompt_and_pad_to_the_drawn_length():
+    records = [([1, 2, 3], [4, 5]), ([6], [7, 8, 9, 10]), ([1, 1, 1, 1, 1, 1, 1, 1, 1], [2, 2, 2, 2, 2])]
+    for seed in range(20):
+        x0, maskable = sft_rows(records, 12, eos_id=0, generator=torch.Generator().manual_seed(seed))
+        assert x0.shape == maskable.shape == (3, 12)  # the longest row (cut to 12) + 1 > 12: only 12 fits
+        for b, (p, r) in enumerate(records):
+            row = (p + r)[:12]
+            assert x0[b, :len(row)].tolist() == row and (x0[b, len(row):] == 0).all()  # EOS padding to T
+            assert not maskable[b, :len(p)].any() and maskable[b, len(p):].all()  # the prompt is never masked
+
+
+def test_sft_rows_draw_every_length_between_the_longest_row_and_the_context():
+    records = [([1, 2], [3]), ([4], [5, 6, 7])]  # longest row 4, + one EOS: T in 5..10
+    lengths = {sft_rows(records, 10, 0, torch.Generator().manual_seed(s))[0].size(1) for s in range(100)}
+    assert lengths == set(range(5, 11))
+
+
+@pytest.mark.slow
 def test_bad_input_is_one_clear_line(tiny_data, tmp_path):
     one_line_error(run("train.py", "--no_such_key=3"), "unknown config key", "no_such_key")
     one_line_error(run("train.py", "--batch_size=big"), "batch_size must be int")
@@ -138,6 +213,7 @@ def sft_dataset(folder, meta, n, seed=0):
         pickle.dump(sft_meta, f)
 
 
+@pytest.mark.slow
 def test_sft_fine_tune_learns_to_stop(tiny_data, tmp_path):
     with open(os.path.join(tiny_data, "meta.pkl"), "rb") as f:
         meta = pickle.load(f)
@@ -152,6 +228,14 @@ def test_sft_fine_tune_learns_to_stop(tiny_data, tmp_path):
     assert len(v) == 2 and v[1] < v[0] / 3, v
     ck = torch.load(tmp_path / "sft_out" / "ckpt.pt", weights_only=True)
     assert ck["model_args"]["vocab_size"] == meta["vocab_size"] + 1  # an embedding row for EOS was added
+    # grow_vocab keeps the pretrained rows (checked before any training step: --max_iters=0)
+    r = run("train.py", f"--dataset={tmp_path / 'sft'}", f"--init_from={tmp_path / 'pre'}", f"--out_dir={tmp_path / 'g0'}",
+            *TINY_TRAIN, "--block_size=24", "--max_iters=0")
+    assert r.returncode == 0, r.stderr
+    grown, pre_w = weights(tmp_path / "g0"), weights(tmp_path / "pre")
+    assert torch.equal(grown["wte.weight"][:meta["vocab_size"]], pre_w["wte.weight"])
+    assert not torch.equal(grown["wte.weight"][-1], torch.zeros(32))  # the new row is initialised, not zero
+    assert all(torch.equal(grown[k], pre_w[k]) for k in pre_w if k not in ("wte.weight", "lm_head.weight"))
     # the response is padded with EOS in training, so the sampler stops: the output is cut at the first EOS
     s = run("sample.py", f"--out_dir={tmp_path / 'sft_out'}", "--prompt=see cat\n", "--gen_length=16",
             "--block_length=16", "--num_samples=3", "--temperature=0")
