@@ -21,7 +21,7 @@ import torch
 
 import fast_sample
 import sample
-from configurator import configure
+from configurator import NON_NEGATIVE, POSITIVE, UNIT, check, check_device, configure, fail, one_of, rule
 from eval import entropy, gen_ppl, generated, val_windows
 from model import load_checkpoint
 from tokenizer import same_tokens
@@ -154,46 +154,69 @@ def prompts_for(data_dir, T, num_samples, prompt_len):
             raise ValueError(f"the val prompts of {data_dir} have different lengths")
         return torch.tensor(ps), None
     w = val_windows(data_dir, T)
+    if len(w) == 0:
+        raise ValueError(f"the val split of {data_dir} is shorter than {T} tokens")
     w = w[torch.linspace(0, len(w) - 1, num_samples).long()]
     return w[:, :prompt_len], w
+
+
+def parse_lengths(text):
+    """'128,256' -> [128, 256]; None unless every item is a positive integer."""
+    try:
+        Ls = [int(v) for v in text.split(",")]
+    except ValueError:
+        return None
+    return Ls if all(L > 0 for L in Ls) else None
 
 
 if __name__ == "__main__":
     config_keys = [k for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str))]
     globals().update(configure({k: globals()[k] for k in config_keys}))
-    if what not in ("samplers", "fast"):
-        sys.exit(f"error: what must be 'samplers' or 'fast', got {what!r}")
-    model, ckpt = load_checkpoint(os.path.join(out_dir, "ckpt.pt"), device)
-    judge_model, judge_ckpt = load_checkpoint(os.path.join(judge, "ckpt.pt"), device)
+    check(globals(), dict(what=one_of("samplers", "fast"), num_samples=POSITIVE, prompt_len=POSITIVE,
+                          gen_length=POSITIVE, lengths=rule(parse_lengths, "comma-separated positive integers"),
+                          temperature=NON_NEGATIVE, block_length=POSITIVE, threshold=UNIT, factor=NON_NEGATIVE,
+                          eta=UNIT, seed=NON_NEGATIVE))
+    Ls = parse_lengths(lengths)
+    for L in [gen_length] if what == "samplers" else Ls:
+        if L % block_length:
+            fail(f"--block_length={block_length} must divide every generation length ({L})")
+    check_device(device)
+    model, ckpt = load_checkpoint(out_dir, device)
+    judge_model, judge_ckpt = load_checkpoint(judge, device, hint="train the judge: python train.py config/judge.py")
     model.eval(), judge_model.eval()
     if model.config.causal or not judge_model.config.causal:
-        sys.exit("error: out_dir must hold a diffusion model and judge an autoregressive one")
+        fail("out_dir must hold a diffusion model and judge an autoregressive one")
     if not same_tokens(ckpt["meta"], judge_ckpt["meta"]):
-        sys.exit(f"error: {out_dir} and the judge {judge} were trained on different data")
+        fail(f"{out_dir} and the judge {judge} were trained on different data")
     data_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", ckpt["config"]["dataset"])
+    if not any(os.path.isfile(os.path.join(data_dir, f)) for f in ("val.bin", "val_sft.pkl")):
+        fail(f"{out_dir}'s dataset {data_dir} is not prepared")
     eos = ckpt["meta"].get("eos_id", -1)
     torch.manual_seed(seed)
     opts = dict(block_length=block_length, temperature=temperature, seed=seed, eos=eos)
-    if what == "samplers":
-        if prompt_len + gen_length > model.config.block_size:
-            sys.exit(f"error: prompt_len + gen_length exceeds the model's context of {model.config.block_size}")
-        prompts, real = prompts_for(data_dir, prompt_len + gen_length, num_samples, prompt_len)
-        bench_samplers(model, judge_model, prompts.to(device), gen_length, eta=eta, **opts)
-        if real is not None:
-            real = real.to(device)
-            print(f"\n{len(prompts)} samples of {gen_length} tokens after {prompt_len}-token val prompts, temperature "
-                  f"{temperature}; val text: gen PPL {gen_ppl(judge_model, real, prompt_len):.2f}, entropy "
-                  f"{entropy(real, prompt_len):.3f}")
-    else:
-        Ls = list(map(int, lengths.split(",")))
-        prompts, _ = prompts_for(data_dir, prompt_len + max(Ls), num_samples, prompt_len)
-        P = prompts.size(1)
-        Ls = [L for L in Ls if P + L <= model.config.block_size]
-        if not Ls:
-            sys.exit(f"error: no length in {lengths} fits the model's context of {model.config.block_size} with a "
+    try:
+        if what == "samplers":
+            if prompt_len + gen_length > model.config.block_size:
+                fail(f"prompt_len + gen_length exceeds the model's context of {model.config.block_size}")
+            prompts, real = prompts_for(data_dir, prompt_len + gen_length, num_samples, prompt_len)
+            bench_samplers(model, judge_model, prompts.to(device), gen_length, eta=eta, **opts)
+            if real is not None:
+                real = real.to(device)
+                print(f"\n{len(prompts)} samples of {gen_length} tokens after {prompt_len}-token val prompts, "
+                      f"temperature {temperature}; val text: gen PPL {gen_ppl(judge_model, real, prompt_len):.2f}, "
+                      f"entropy {entropy(real, prompt_len):.3f}")
+        else:
+            prompts, _ = prompts_for(data_dir, prompt_len + max(Ls), num_samples, prompt_len)
+            P = prompts.size(1)
+            Ls = [L for L in Ls if P + L <= model.config.block_size]
+            if not Ls:
+                fail(f"no length in {lengths} fits the model's context of {model.config.block_size} with a "
                      f"{P}-token prompt")
-        bench_fast(model, judge_model, prompts.to(device), Ls, threshold=threshold, factor=factor, **opts)
-        print(f"\n{len(prompts)} prompts of {P} tokens, one at a time; steps = L, blocks of {block_length}, "
-              f"temperature {temperature}, low-confidence remasking; tok/s: generated tokens before the first EOS "
-              f"per second; speed-up: over the baseline's tok/s in this run; agree: the fraction of generated "
-              f"positions equal to the baseline's. Judge: {judge}. Device: {device}, {torch.get_num_threads()} threads.")
+            bench_fast(model, judge_model, prompts.to(device), Ls, threshold=threshold, factor=factor, **opts)
+            print(f"\n{len(prompts)} prompts of {P} tokens, one at a time; steps = L, blocks of {block_length}, "
+                  f"temperature {temperature}, low-confidence remasking; tok/s: generated tokens before the first EOS "
+                  f"per second; speed-up: over the baseline's tok/s in this run; agree: the fraction of generated "
+                  f"positions equal to the baseline's. Judge: {judge}. Device: {device}, "
+                  f"{torch.get_num_threads()} threads.")
+    except ValueError as e:
+        fail(e)

@@ -10,6 +10,7 @@ Unknown keys and values of the wrong type stop the script with one clear line.
 """
 
 import ast
+import math
 import os
 import sys
 
@@ -73,3 +74,73 @@ def configure(defaults, argv=None):
         val = v if isinstance(defaults[k], str) else _parse(v)  # a string key takes the text as it is
         cfg[k] = _cast(k, val, defaults[k], f"--{k}={v}")
     return cfg
+
+
+# -----------------------------------------------------------------------------
+# Checks of the values, shared by every entry point: each script lists its options' rules in one place
+# and calls check() before any work starts. A bad value stops the script with one line naming the
+# option, the value and what is allowed.
+
+def rule(ok, allowed):
+    """A rule: a predicate on the value and the words for what it allows."""
+    return ok, allowed
+
+
+POSITIVE = rule(lambda v: v > 0, "> 0")
+NON_NEGATIVE = rule(lambda v: v >= 0, ">= 0")
+UNIT = rule(lambda v: 0 <= v <= 1, "in [0, 1]")
+UNIT_OPEN = rule(lambda v: 0 <= v < 1, "in [0, 1)")
+
+
+def one_of(*allowed):
+    return rule(lambda v: v in allowed, "one of " + ", ".join(map(repr, allowed)))
+
+
+def fail(msg):
+    """Stop with one line."""
+    sys.exit(f"error: {msg}")
+
+
+def check(cfg, rules):
+    """Check cfg[key] against rules[key] = (predicate, allowed) for every key; floats must be finite."""
+    for key, (ok, allowed) in rules.items():
+        v = cfg[key]
+        if (isinstance(v, float) and not math.isfinite(v)) or not ok(v):
+            fail(f"--{key}={v!r} is not allowed: it must be {allowed}")
+
+
+def check_device(device):
+    """A device this machine has: 'cpu', 'cuda' or 'cuda:N' with a GPU, 'mps' on Apple silicon."""
+    import torch
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        fail(f"--device={device!r} is not a device: use cpu, cuda, cuda:N or mps")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        fail(f"--device={device!r}, but this machine has no CUDA GPU: use --device=cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        fail(f"--device={device!r}, but this machine has {torch.cuda.device_count()} GPU(s)")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        fail(f"--device={device!r}, but MPS is not available here: use --device=cpu")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        fail(f"--device={device!r} is not supported: use cpu, cuda, cuda:N or mps")
+
+
+def check_writable(path, key, folder=False):
+    """Fail now, not after the work, if `path` (a file, or with folder=True a folder to create or
+    write into) cannot be written. Changes nothing on disk."""
+    if folder:
+        if os.path.exists(path) and not os.path.isdir(path):
+            fail(f"--{key}={path!r} is a file, not a folder")
+        parent = path
+        while parent and not os.path.exists(parent):  # the nearest folder that exists: mkdir -p starts there
+            parent = os.path.dirname(parent)
+        if not os.access(parent or ".", os.W_OK) or not os.path.isdir(parent or "."):
+            fail(f"--{key}={path!r} cannot be created or written")
+        return
+    if os.path.isdir(path):
+        fail(f"--{key}={path!r} is a folder, not a file")
+    where = os.path.dirname(path) or "."
+    if (os.path.exists(path) and not os.access(path, os.W_OK)) or not os.path.isdir(where) \
+            or not os.access(where, os.W_OK):
+        fail(f"--{key}={path!r} cannot be written")

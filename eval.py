@@ -31,10 +31,11 @@ import torch
 from torch.nn import functional as F
 
 import ar
-from configurator import configure
+from configurator import NON_NEGATIVE, POSITIVE, check, check_device, configure, fail, one_of
 from diffusion import nll_bound
 from model import load_checkpoint
 from sample import cut_at_eos, generate
+from unmask import REMASKING
 from tokenizer import get_codec, same_tokens
 
 
@@ -133,27 +134,40 @@ device = "cuda" if torch.cuda.is_available() else "cpu"
 if __name__ == "__main__":
     config_keys = [k for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str))]
     globals().update(configure({k: globals()[k] for k in config_keys}))
-    judge_model, judge_ckpt = load_checkpoint(os.path.join(judge, "ckpt.pt"), device)
+    check(globals(), dict(n_draws=POSITIVE, num_samples=POSITIVE, prompt_len=POSITIVE, gen_length=POSITIVE,
+                          steps=NON_NEGATIVE, block_length=NON_NEGATIVE, temperature=NON_NEGATIVE,
+                          remasking=one_of(*REMASKING), seed=NON_NEGATIVE))
+    if not all(ckpts.split(",")):
+        fail(f"--ckpts={ckpts!r} has an empty name: give comma-separated out_dirs")
+    steps, block_length = steps or gen_length, block_length or gen_length
+    if gen_length % block_length or steps % (gen_length // block_length):
+        fail(f"--gen_length={gen_length} must be a multiple of --block_length={block_length}, and --steps={steps} "
+             f"of the number of blocks")
+    check_device(device)
+    judge_model, judge_ckpt = load_checkpoint(judge, device, hint="train the judge: python train.py config/judge.py")
     if not judge_model.config.causal:
-        sys.exit(f"error: the judge {judge} must be an autoregressive model (objective=ar)")
+        fail(f"the judge {judge} must be an autoregressive model (objective=ar)")
     judge_model.eval()
     meta = judge_ckpt["meta"]
     data_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", judge_ckpt["config"]["dataset"])
+    if not os.path.isfile(os.path.join(data_dir, "val.bin")):
+        fail(f"the judge's dataset {data_dir} has no val.bin: prepare it first")
     decode = get_codec(meta)[1]
-    steps, block_length = steps or gen_length, block_length or gen_length
 
     # prompts and their real continuations: evenly spaced val windows
     T = prompt_len + gen_length
     real = val_windows(data_dir, T)
+    if len(real) == 0:
+        fail(f"the val split of {data_dir} is shorter than prompt_len + gen_length = {T} tokens")
     real = real[torch.linspace(0, len(real) - 1, num_samples).long()].to(device)
     prompts = real[:, :prompt_len]
     models = []
     for out_dir in ckpts.split(","):
-        model, ckpt = load_checkpoint(os.path.join(out_dir, "ckpt.pt"), device)
+        model, ckpt = load_checkpoint(out_dir, device)
         if not same_tokens(ckpt["meta"], meta):
-            sys.exit(f"error: {out_dir} was trained on other data than the judge ({ckpt['config']['dataset']})")
+            fail(f"{out_dir} was trained on other data than the judge ({ckpt['config'].get('dataset')})")
         if T > model.config.block_size:
-            sys.exit(f"error: prompt_len + gen_length = {T} exceeds {out_dir}'s context of {model.config.block_size}")
+            fail(f"prompt_len + gen_length = {T} exceeds {out_dir}'s context of {model.config.block_size}")
         models.append((out_dir, model.eval(), ckpt))
     T_nll = min(m.config.block_size for _, m, _ in models)  # every model scored on the same windows
     windows = val_windows(data_dir, T_nll).to(device)
@@ -173,11 +187,14 @@ if __name__ == "__main__":
     for out_dir, model, ckpt in models:
         g = torch.Generator(device=device).manual_seed(seed)
         eos = ckpt["meta"].get("eos_id", -1)  # an SFT vocabulary's EOS, past the judge's embedding: cut there
-        if model.config.causal:
-            samples = ar.generate(model, prompts, gen_length, temperature, g)
-        else:
-            samples, _ = generate(model, prompts, steps=steps, gen_length=gen_length, block_length=block_length,
-                                  temperature=temperature, remasking=remasking, eos_id=eos, generator=g)
+        try:
+            if model.config.causal:
+                samples = ar.generate(model, prompts, gen_length, temperature, g)
+            else:
+                samples, _ = generate(model, prompts, steps=steps, gen_length=gen_length, block_length=block_length,
+                                      temperature=temperature, remasking=remasking, eos_id=eos, generator=g)
+        except ValueError as e:  # the sampler's own checks, as sample.py reports them
+            fail(e)
         mean, se = heldout_nll(model, windows, n_draws, seed)
         cells = [f"{model.num_params() / 1e6:.2f}M", f"{ckpt['tokens'] / 1e6:.1f}M", f"{ckpt['train_time'] / 60:.1f} min",
                  f"{mean:.3f} +- {se:.3f} ({'exact' if model.config.causal else 'bound'})"]

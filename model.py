@@ -175,15 +175,20 @@ class GPT(nn.Module):
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **({"fused": True} if fused else {}))
 
 
-def load_checkpoint(path, device="cpu"):
+def load_checkpoint(path, device="cpu", hint="train one first: python train.py config/shakespeare.py"):
     """(model, ckpt) from a ckpt.pt written by train.py, loaded with weights_only=True (a checkpoint is
-    untrusted input). A missing or unreadable file stops the program with one line."""
-    if not os.path.exists(path):
-        raise SystemExit(f"error: checkpoint {path} not found (train one first: python train.py config/shakespeare.py)")
+    untrusted input). A missing, unreadable or incomplete file stops the program with one line."""
+    if os.path.isdir(path):
+        path = os.path.join(path, "ckpt.pt")
+    if not os.path.isfile(path):
+        raise SystemExit(f"error: checkpoint {path} not found ({hint})")
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
         model = GPT(GPTConfig(**ckpt["model_args"]))
         model.load_state_dict(ckpt["model"])
+        meta, config = ckpt["meta"], ckpt["config"]  # what sample.py, eval.py and train.py read
+        assert isinstance(config, dict) and meta["mask_id"] == model.config.mask_id and \
+            meta["vocab_size"] == model.config.vocab_size and meta["tokenizer"], "inconsistent meta"
     except Exception as e:
         msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
         raise SystemExit(f"error: {path} is not a valid checkpoint ({type(e).__name__}: {msg})")

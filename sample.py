@@ -33,7 +33,7 @@ import sys
 
 import torch
 
-from configurator import configure
+from configurator import NON_NEGATIVE, POSITIVE, UNIT, check, check_device, check_writable, configure, fail, one_of
 from diffusion import alpha
 from model import load_checkpoint
 from tokenizer import MASK_GLYPH, get_codec
@@ -197,30 +197,45 @@ device = "cuda" if torch.cuda.is_available() else "cpu"
 if __name__ == "__main__":
     config_keys = [k for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str))]
     globals().update(configure({k: globals()[k] for k in config_keys}))
-    for key, allowed in [("remasking", REMASKING), ("sampler", SAMPLERS)]:
-        if globals()[key] not in allowed:
-            sys.exit(f"error: {key} must be one of {allowed}, got {globals()[key]!r}")
+    check(globals(), dict(num_samples=POSITIVE, gen_length=NON_NEGATIVE, steps=NON_NEGATIVE, block_length=POSITIVE,
+                          temperature=NON_NEGATIVE, sampler=one_of(*SAMPLERS), remasking=one_of(*REMASKING),
+                          cfg_scale=NON_NEGATIVE, eta=UNIT, cache=one_of(*fast_sample.CACHES), threshold=UNIT,
+                          factor=NON_NEGATIVE, seed=NON_NEGATIVE))
+    if gen_length and gen_length % block_length:
+        fail(f"--gen_length={gen_length} must be a multiple of --block_length={block_length}")
+    if fast and (sampler != "llada" or cfg_scale > 0):
+        fail("--fast accelerates the llada sampler without guidance (sampler=llada, cfg_scale=0)")
+    check_device(device)
+    if trace:
+        check_writable(trace, "trace")
+    if prompt.startswith("FILE:"):
+        path = prompt[5:]
+        if not os.path.isfile(path):
+            fail(f"prompt file {path} {'is a folder' if os.path.isdir(path) else 'not found'}")
+        try:
+            with open(path, encoding="utf-8") as f:
+                prompt = f.read()
+        except (UnicodeDecodeError, OSError) as e:
+            fail(f"prompt file {path} is not readable UTF-8 text ({type(e).__name__})")
     model, ckpt = load_checkpoint(f"{out_dir}/ckpt.pt", device)
     if model.config.causal:
-        sys.exit(f"error: {out_dir}/ckpt.pt is an autoregressive model (objective=ar); sample.py samples diffusion models")
+        fail(f"{out_dir}/ckpt.pt is an autoregressive model (objective=ar); sample.py samples diffusion models")
     model.eval()
     meta, m = ckpt["meta"], model.config.mask_id
     encode, decode = get_codec(meta)
-    if prompt.startswith("FILE:"):
-        if not os.path.isfile(prompt[5:]):
-            sys.exit(f"error: prompt file {prompt[5:]} not found")
-        with open(prompt[5:], encoding="utf-8") as f:
-            prompt = f.read()
     try:
         ids = parse_prompt(prompt, encode, m)
     except ValueError as e:
-        sys.exit(f"error: prompt: {e}")
+        fail(f"prompt: {e}")
     if len(ids) + gen_length > model.config.block_size:
-        sys.exit(f"error: prompt ({len(ids)} tokens) + gen_length ({gen_length}) exceeds the model's context "
-                 f"of {model.config.block_size} tokens")
+        fail(f"prompt ({len(ids)} tokens) + gen_length ({gen_length}) exceeds the model's context "
+             f"of {model.config.block_size} tokens")
     if gen_length == 0 and m not in ids:
-        sys.exit("error: nothing to generate: gen_length is 0 and the prompt has no [MASK]")
+        fail("nothing to generate: gen_length is 0 and the prompt has no [MASK]")
     steps = steps or gen_length or ids.count(m)
+    n_blocks = gen_length // block_length if gen_length else 1
+    if sampler == "llada" and steps % n_blocks:
+        fail(f"--steps={steps} must be a multiple of the {n_blocks} blocks (gen_length / block_length)")
     gen = torch.Generator(device=device).manual_seed(seed)
     x = torch.tensor([ids] * num_samples, dtype=torch.long, device=device)
     view = LiveView(decode, m, show, trace) if show or trace else None
@@ -231,11 +246,11 @@ if __name__ == "__main__":
                           cfg_scale=cfg_scale, eta=eta, cache=cache, threshold=threshold, factor=factor, eos_id=eos,
                           forbid_eos=forbid_eos, generator=gen, on_step=view)
     except ValueError as e:
-        sys.exit(f"error: {e}")
-    if view:
-        view.save()
+        fail(e)
     for row in out.tolist():
         print(decode(cut_at_eos(row, eos, len(ids))))
         print("---------------")
+    if view:
+        view.save()
     print(f"({'fast ' + cache + ' cache, ' if fast else ''}{sampler}, {nfe:g} model forwards per sample (NFE) for "
           f"{gen_length + ids.count(m)} tokens)", file=sys.stderr)

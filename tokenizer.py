@@ -12,12 +12,38 @@ import torch
 MASK_GLYPH = "_"  # how a [MASK] is drawn when a canvas is decoded
 
 
+def write_files(folder, files):
+    """Write a prepared dataset, {file name: bytes}, into folder all or nothing: every file goes to a
+    temporary name first and is renamed into place only when all are written, so a failure leaves the
+    folder as it was (a half-written dataset would be taken as prepared)."""
+    done = []
+    try:
+        for name, data in files.items():
+            tmp = os.path.join(folder, name + ".tmp")
+            done.append((tmp, os.path.join(folder, name)))
+            with open(tmp, "wb") as f:
+                f.write(data)
+    except BaseException:
+        for tmp, _ in done:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        raise
+    for tmp, path in done:
+        os.replace(tmp, path)
+
+
 def load_meta(data_dir):
+    """The dataset's meta.pkl; ValueError, with what is wrong in one line, when it is missing or unreadable."""
     path = os.path.join(data_dir, "meta.pkl")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} not found: prepare the dataset first (python {data_dir}/prepare.py)")
-    with open(path, "rb") as f:
-        return pickle.load(f)
+    if not os.path.isfile(path):
+        raise ValueError(f"{path} not found: prepare the dataset first (python {data_dir}/prepare.py)")
+    try:
+        with open(path, "rb") as f:
+            meta = pickle.load(f)
+        assert isinstance(meta, dict) and {"tokenizer", "vocab_size", "mask_id"} <= set(meta), "missing keys"
+    except Exception as e:
+        raise ValueError(f"{path} is not a valid meta.pkl ({type(e).__name__}: {e})")
+    return meta
 
 
 def same_tokens(a, b):
@@ -63,8 +89,13 @@ def get_codec(meta):
 def load_sft(data_dir, split, block_size):
     """The SFT records of a split, {split}_sft.pkl: a list of (prompt ids, response ids) pairs. Records
     whose prompt leaves no room for a response in block_size are dropped."""
-    with open(os.path.join(data_dir, f"{split}_sft.pkl"), "rb") as f:
-        return [(p, r) for p, r in pickle.load(f) if len(p) < block_size]
+    path = os.path.join(data_dir, f"{split}_sft.pkl")
+    try:
+        with open(path, "rb") as f:
+            records = [(list(p), list(r)) for p, r in pickle.load(f)]
+    except Exception as e:
+        raise ValueError(f"{path} is not a list of (prompt, response) id lists ({type(e).__name__}: {e})")
+    return [(p, r) for p, r in records if len(p) < block_size]
 
 
 def sft_rows(records, block_size, eos_id, generator=None):

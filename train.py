@@ -31,7 +31,8 @@ from tqdm import tqdm
 
 import ar
 import diffusion
-from configurator import configure
+from configurator import (NON_NEGATIVE, POSITIVE, UNIT_OPEN, check, check_device, check_writable, configure, fail,
+                          one_of, rule)
 from model import GPT, GPTConfig, load_checkpoint
 from tokenizer import load_meta, load_sft, same_tokens, sft_rows
 
@@ -45,6 +46,7 @@ eval_iters = 20         # val batches per evaluation: the same windows and masks
 log_interval = 0        # >0: also print the training loss every this many steps
 always_save_checkpoint = True  # False: save only when val improves
 eval_only = False
+overwrite = False       # a run from scratch (or a fine-tune) may replace a checkpoint already in out_dir
 # data
 dataset = "shakespeare_char"  # a folder of data/, or a path to a prepared folder (a token stream, or SFT pairs)
 batch_size = 32         # sequences per micro-step and process
@@ -82,13 +84,31 @@ seed = 1337
 config_keys = [k for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str))]
 globals().update(configure({k: globals()[k] for k in config_keys}))
 config = {k: globals()[k] for k in config_keys}
-for key, allowed in [("objective", ("mdlm", "ar")), ("schedule", diffusion.SCHEDULES),
-                     ("masking", ("rate", "count")), ("train_loss", ("elbo", "flat")),
-                     ("dtype", ("float32", "bfloat16"))]:
-    if config[key] not in allowed:
-        sys.exit(f"error: {key} must be one of {allowed}, got {config[key]!r}")
+# every option against its range and the others, before any work (under torchrun every process
+# stops here with the same line)
+check(config, dict(
+    eval_interval=POSITIVE, eval_iters=POSITIVE, log_interval=NON_NEGATIVE, batch_size=POSITIVE,
+    block_size=POSITIVE, gradient_accumulation_steps=POSITIVE, n_layer=POSITIVE, n_head=POSITIVE, n_embd=POSITIVE,
+    dropout=UNIT_OPEN, objective=one_of("mdlm", "ar"), schedule=one_of(*diffusion.SCHEDULES),
+    masking=one_of("rate", "count"), train_loss=one_of("elbo", "flat"), t_eps=rule(lambda v: 0 < v < 1, "in (0, 1)"),
+    learning_rate=POSITIVE, max_iters=NON_NEGATIVE, weight_decay=NON_NEGATIVE, beta1=UNIT_OPEN, beta2=UNIT_OPEN,
+    grad_clip=NON_NEGATIVE, warmup_iters=NON_NEGATIVE, lr_decay_iters=NON_NEGATIVE,
+    min_lr=rule(lambda v: 0 <= v <= learning_rate, f"in [0, learning_rate={learning_rate}]"),
+    dtype=one_of("float32", "bfloat16"), seed=NON_NEGATIVE))
+if n_embd % n_head or (n_embd // n_head) % 2:
+    fail(f"--n_embd={n_embd} must be divisible by --n_head={n_head} into heads of an even size (RoPE rotates pairs)")
 if init_from not in ("scratch", "resume") and not os.path.exists(init_from):
-    sys.exit(f"error: init_from must be 'scratch', 'resume' or a checkpoint to fine-tune from; {init_from} not found")
+    fail(f"--init_from={init_from!r} must be 'scratch', 'resume' or a checkpoint to fine-tune from (not found)")
+check_device(device)
+world = int(os.environ.get("WORLD_SIZE", 1))  # torchrun's processes
+if gradient_accumulation_steps > world and gradient_accumulation_steps % world:
+    fail(f"--gradient_accumulation_steps={gradient_accumulation_steps} must be a multiple of the {world} processes "
+         f"(or at most {world}: one micro-step each)")
+check_writable(out_dir, "out_dir", folder=True)
+ckpt_path = os.path.join(out_dir, "ckpt.pt")
+if init_from != "resume" and not eval_only and not overwrite and os.path.exists(ckpt_path):
+    fail(f"{ckpt_path} holds a trained model: continue it with --init_from=resume, choose another --out_dir, "
+         f"or replace it with --overwrite=True")
 # -----------------------------------------------------------------------------
 
 # processes: torchrun sets RANK/LOCAL_RANK/WORLD_SIZE; gloo on CPU, nccl on GPU
@@ -99,8 +119,6 @@ if ddp:
     if device.startswith("cuda"):
         device = f"cuda:{os.environ['LOCAL_RANK']}"
         torch.cuda.set_device(device)
-    if gradient_accumulation_steps > world and gradient_accumulation_steps % world:
-        sys.exit(f"error: gradient_accumulation_steps={gradient_accumulation_steps} is not divisible by {world} processes")
 else:
     rank, world = 0, 1
 master = rank == 0
@@ -121,19 +139,33 @@ data_dir = dataset if os.sep in dataset else os.path.join(os.path.dirname(os.pat
 if not any(os.path.exists(os.path.join(data_dir, f)) for f in ("val.bin", "val_sft.pkl")):
     prepare = os.path.join(data_dir, "prepare.py")
     if not os.path.exists(prepare):
-        sys.exit(f"error: unknown dataset {dataset!r}: no {os.path.relpath(prepare)}")
+        fail(f"unknown dataset {dataset!r}: no {os.path.relpath(prepare)}")
     if ddp:
-        sys.exit(f"error: dataset {dataset!r} is not prepared; run python {os.path.relpath(prepare)} first")
+        fail(f"dataset {dataset!r} is not prepared; run python {os.path.relpath(prepare)} first")
     print(f"preparing {dataset} ...")
     if subprocess.run([sys.executable, prepare]).returncode:
         sys.exit(1)  # prepare.py has said why in one line
-meta = load_meta(data_dir)
+try:
+    meta = load_meta(data_dir)
+except ValueError as e:
+    fail(e)
 mask_id = meta["mask_id"]
 sft = os.path.exists(os.path.join(data_dir, "train_sft.pkl"))
 if sft:  # (prompt ids, response ids) records: tokenizer.py's SFT contract
     if objective != "mdlm":
-        sys.exit(f"error: {dataset} holds SFT pairs, which train objective=mdlm")
-    pairs = {split: load_sft(data_dir, split, block_size) for split in ("train", "val")}
+        fail(f"{dataset} holds SFT pairs, which train objective=mdlm")
+    try:
+        pairs = {split: load_sft(data_dir, split, block_size) for split in ("train", "val")}
+    except ValueError as e:
+        fail(e)
+    if not pairs["train"] or not pairs["val"]:
+        fail(f"no SFT record of {dataset} leaves room for a response in --block_size={block_size}")
+else:
+    for split in ("train", "val"):
+        path = os.path.join(data_dir, f"{split}.bin")
+        n = os.path.getsize(path) // 2 if os.path.isfile(path) else 0
+        if n < block_size + 2:
+            fail(f"the {split} split of {dataset} has {n} tokens, too few for --block_size={block_size}")
 
 
 # the objective: how a batch of clean rows is noised and scored, the one place that knows (the val bound
@@ -195,7 +227,7 @@ def grow_vocab(model, old_meta):
     checkpoint's: the same weights, plus freshly initialised embedding rows for the new ids."""
     old, new = model.config.vocab_size, meta["vocab_size"]
     if not same_tokens(old_meta, meta) or new < old:
-        sys.exit(f"error: {init_from} was trained on another vocabulary than {dataset}'s")
+        fail(f"{init_from} was trained on another vocabulary than --dataset={dataset}'s")
     if new == old:
         return model
     torch.manual_seed(seed)
@@ -209,29 +241,46 @@ def grow_vocab(model, old_meta):
 
 
 # model and optimizer, from scratch, from the checkpoint (resume), or from a pretrained one (fine-tune)
-ckpt_path = os.path.join(out_dir, "ckpt.pt")
+def from_checkpoint(path):
+    """(model, ckpt) of a checkpoint this run resumes or fine-tunes, refused in one line unless it fits
+    the options: the model keeps its objective and shape, so an option that says otherwise is a mistake
+    (it would be ignored and then written into the new checkpoint's config)."""
+    model, ck = load_checkpoint(path, device)
+    if model.config.causal != (objective == "ar"):
+        fail(f"{path} was trained with objective={ck['config'].get('objective')}, not --objective={objective}")
+    for key in ("n_layer", "n_head", "n_embd", "dropout"):
+        if getattr(model.config, key) != config[key]:
+            fail(f"--{key}={config[key]!r}, but {path} has {key}={getattr(model.config, key)!r}: a resumed or "
+                 f"fine-tuned model keeps its shape (pass the run's config, or --{key}={getattr(model.config, key)!r})")
+    if model.config.block_size < block_size:
+        fail(f"--block_size={block_size} exceeds the {model.config.block_size} of {path}")
+    return model, ck
+
+
 iter_num, best_val, prev_time, tokens = 0, float("inf"), 0.0, 0
 if init_from == "resume":
-    model, ckpt = load_checkpoint(ckpt_path, device)
-    if ckpt["config"]["objective"] != objective:
-        sys.exit(f"error: {ckpt_path} was trained with objective={ckpt['config']['objective']}, not {objective}")
-    iter_num, best_val, prev_time, tokens = ckpt["iter_num"], ckpt["best_val"], ckpt["train_time"], ckpt["tokens"]
+    model, ckpt = from_checkpoint(ckpt_path)
+    if not same_tokens(ckpt["meta"], meta) or ckpt["meta"]["vocab_size"] != meta["vocab_size"]:
+        fail(f"{ckpt_path} was trained on another vocabulary than --dataset={dataset}'s")
+    try:
+        iter_num, best_val, prev_time, tokens = (ckpt["iter_num"] + 0, float(ckpt["best_val"]),
+                                                 float(ckpt["train_time"]), ckpt["tokens"] + 0)
+    except (KeyError, TypeError, ValueError) as e:
+        fail(f"{ckpt_path} is not a checkpoint train.py can resume ({type(e).__name__}: {e})")
 elif init_from != "scratch":  # fine-tune: the pretrained weights, a fresh optimizer and schedule
-    pre = os.path.join(init_from, "ckpt.pt") if os.path.isdir(init_from) else init_from
-    model, pre_ckpt = load_checkpoint(pre, device)
-    if model.config.causal != (objective == "ar"):
-        sys.exit(f"error: {pre} was trained with objective={pre_ckpt['config']['objective']}, not {objective}")
+    model, pre_ckpt = from_checkpoint(init_from)
     model = grow_vocab(model, pre_ckpt["meta"])
     del pre_ckpt
 else:
     torch.manual_seed(seed)  # the same initial weights on every process
     model = GPT(GPTConfig(block_size=block_size, vocab_size=meta["vocab_size"], mask_id=mask_id, n_layer=n_layer,
                           n_head=n_head, n_embd=n_embd, dropout=dropout, causal=objective == "ar")).to(device)
-if model.config.block_size < block_size:
-    sys.exit(f"error: block_size={block_size} exceeds the checkpoint's {model.config.block_size}")
 optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
 if init_from == "resume":
-    optimizer.load_state_dict(ckpt["optimizer"])
+    try:
+        optimizer.load_state_dict(ckpt["optimizer"])
+    except (KeyError, TypeError, ValueError) as e:
+        fail(f"{ckpt_path} is not a checkpoint train.py can resume (optimizer: {type(e).__name__})")
     del ckpt
 raw_model = model
 if compile:

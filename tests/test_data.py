@@ -18,6 +18,7 @@ def prepare(tmp_path, name, env=None, text=TEXT):
     """Run data/<name>/prepare.py on a local input file, from a copy of data/ (the repo stays clean)."""
     shutil.copytree(os.path.join(ROOT, "data"), tmp_path / "data",
                     ignore=shutil.ignore_patterns("*.bin", "*.pkl", "input.txt"), dirs_exist_ok=True)
+    shutil.copy(os.path.join(ROOT, "tokenizer.py"), tmp_path)  # the prepare scripts import its writer from ../..
     (tmp_path / "input.txt").write_text(text)
     r = run(str(tmp_path / "data" / name / "prepare.py"), str(tmp_path / "input.txt"), env=env)
     assert r.returncode == 0, r.stderr

@@ -4,7 +4,7 @@ Tiny Shakespeare with the GPT-2 BPE (tiktoken): 50257 tokens + [MASK] (id 50257)
     python data/shakespeare/prepare.py                  # downloads input.txt
     python data/shakespeare/prepare.py path/to/input.txt  # or uses a local copy
 tiktoken fetches the BPE files once; offline, point TIKTOKEN_CACHE_DIR at a cache that has them.
-Writes train.bin / val.bin (uint16, 90/10 split) and meta.pkl next to this file.
+Writes train.bin / val.bin (uint16, 90/10 split) and meta.pkl next to this file, all or nothing.
 """
 
 import os
@@ -14,7 +14,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "shakespeare_char"))
-from prepare import read_input  # noqa: E402  (the same download-or-local-file logic)
+from prepare import read_input, write_files  # noqa: E402  (the same download-or-local-file logic and writer)
 
 here = os.path.dirname(os.path.abspath(__file__))
 
@@ -29,10 +29,9 @@ if __name__ == "__main__":
     n_chars = int(0.9 * len(text))
     train_ids = np.array(enc.encode_ordinary(text[:n_chars]), dtype=np.uint16)
     val_ids = np.array(enc.encode_ordinary(text[n_chars:]), dtype=np.uint16)
-    train_ids.tofile(os.path.join(here, "train.bin"))
-    val_ids.tofile(os.path.join(here, "val.bin"))
+    if len(train_ids) < 2 or len(val_ids) < 2:
+        sys.exit(f"error: {len(text)} characters are too few to split into train and val")
     meta = dict(tokenizer="gpt2", vocab_size=enc.n_vocab + 1, mask_id=enc.n_vocab, eos_id=enc.eot_token)
-    with open(os.path.join(here, "meta.pkl"), "wb") as f:
-        pickle.dump(meta, f)
+    write_files(here, {"train.bin": train_ids.tobytes(), "val.bin": val_ids.tobytes(), "meta.pkl": pickle.dumps(meta)})
     print(f"{len(text):,} characters, vocab {meta['vocab_size']} (incl. [MASK]); "
           f"train {len(train_ids):,} tokens, val {len(val_ids):,} tokens")

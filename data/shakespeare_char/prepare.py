@@ -2,7 +2,7 @@
 Tiny Shakespeare at the character level: 65 characters + [MASK] (id 65).
     python data/shakespeare_char/prepare.py                  # downloads input.txt
     python data/shakespeare_char/prepare.py path/to/input.txt  # or uses a local copy
-Writes train.bin / val.bin (uint16, 90/10 split) and meta.pkl next to this file.
+Writes train.bin / val.bin (uint16, 90/10 split) and meta.pkl next to this file, all or nothing.
 """
 
 import os
@@ -14,11 +14,18 @@ import numpy as np
 
 URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 here = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(here, "..", ".."))
+from tokenizer import write_files  # noqa: E402  (the project's all-or-nothing writer)
 
 
 def read_input(here, argv):
-    """The text from argv[1], from input.txt beside the script, or downloaded to it."""
+    """The text from argv[1], from input.txt beside the script, or downloaded to it. A folder, a
+    missing, binary (not UTF-8) or empty file stops the script with one line before anything is written."""
+    if len(argv) > 2:
+        sys.exit(f"error: expected at most one input file, got {len(argv) - 1}")
     path = argv[1] if len(argv) > 1 else os.path.join(here, "input.txt")
+    if os.path.isdir(path):
+        sys.exit(f"error: {path} is a folder, not a text file")
     if not os.path.exists(path):
         if len(argv) > 1:
             sys.exit(f"error: {path} not found")
@@ -28,10 +35,15 @@ def read_input(here, argv):
         except OSError as e:
             sys.exit(f"error: could not download {URL} ({e}); pass a local copy: "
                      f"python {os.path.relpath(here)}/prepare.py path/to/input.txt")
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(text)
-    with open(path, encoding="utf-8") as f:
-        return f.read()
+        write_files(os.path.dirname(path), {os.path.basename(path): text.encode("utf-8")})
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (UnicodeDecodeError, OSError) as e:
+        sys.exit(f"error: {path} is not readable UTF-8 text ({type(e).__name__})")
+    if not text.strip() or "\0" in text:
+        sys.exit(f"error: {path} is {'empty' if not text.strip() else 'binary (it holds NUL bytes)'}: nothing to prepare")
+    return text
 
 
 def prepare(text, folder):
@@ -42,10 +54,9 @@ def prepare(text, folder):
                 stoi=stoi, itos={i: c for c, i in stoi.items()})
     ids = np.array([stoi[c] for c in text], dtype=np.uint16)
     n = int(0.9 * len(ids))
-    ids[:n].tofile(os.path.join(folder, "train.bin"))
-    ids[n:].tofile(os.path.join(folder, "val.bin"))
-    with open(os.path.join(folder, "meta.pkl"), "wb") as f:
-        pickle.dump(meta, f)
+    if n < 2 or len(ids) - n < 2:
+        sys.exit(f"error: {len(text)} characters are too few to split into train and val")
+    write_files(folder, {"train.bin": ids[:n].tobytes(), "val.bin": ids[n:].tobytes(), "meta.pkl": pickle.dumps(meta)})
     print(f"{len(text):,} characters, vocab {meta['vocab_size']} (incl. [MASK]); "
           f"train {n:,} tokens, val {len(ids) - n:,} tokens")
     return meta

@@ -7,7 +7,7 @@ where to stop; at sampling time the EOS tail is what Fast-dLLM decodes in parall
 skips. Characters as in shakespeare_char (the same ids), + [MASK] (65) + [EOS] (66).
     python data/shakespeare_speech/prepare.py                    # downloads input.txt
     python data/shakespeare_speech/prepare.py path/to/input.txt  # or uses a local copy
-Writes train_sft.pkl / val_sft.pkl (the first 90% of the speeches / the rest) and meta.pkl.
+Writes train_sft.pkl / val_sft.pkl (the first 90% of the speeches / the rest) and meta.pkl, all or nothing.
 """
 
 import os
@@ -16,7 +16,7 @@ import re
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "shakespeare_char"))
-from prepare import read_input  # noqa: E402  (the same download-or-local-file logic)
+from prepare import read_input, write_files  # noqa: E402  (the same download-or-local-file logic and writer)
 
 here = os.path.dirname(os.path.abspath(__file__))
 PROMPT_LEN = 32
@@ -42,11 +42,12 @@ if __name__ == "__main__":
     meta = dict(tokenizer="char", vocab_size=len(chars) + 2, mask_id=mask_id, eos_id=eos_id, stoi=stoi, itos=itos)
     ps = pairs(text)
     n = int(0.9 * len(ps))
-    for split, part in (("train", ps[:n]), ("val", ps[n:])):
-        with open(os.path.join(here, f"{split}_sft.pkl"), "wb") as f:
-            pickle.dump([([stoi[c] for c in p], [stoi[c] for c in r]) for p, r in part], f)
-    with open(os.path.join(here, "meta.pkl"), "wb") as f:
-        pickle.dump(meta, f)
+    if n < 1 or len(ps) - n < 1:
+        sys.exit(f"error: found {len(ps)} speeches ('NAME:' lines after a blank line, each after {PROMPT_LEN} "
+                 f"characters): too few for a train and a val split")
+    files = {f"{split}_sft.pkl": pickle.dumps([([stoi[c] for c in p], [stoi[c] for c in r]) for p, r in part])
+             for split, part in (("train", ps[:n]), ("val", ps[n:]))}
+    write_files(here, {**files, "meta.pkl": pickle.dumps(meta)})
     lens = sorted(len(r) for _, r in ps)
     print(f"{len(ps):,} speeches (train {n:,}, val {len(ps) - n:,}), response length median {lens[len(lens) // 2]}, "
           f"max {lens[-1]}; vocab {meta['vocab_size']} (incl. [MASK] {mask_id} and [EOS] {eos_id})")
