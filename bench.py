@@ -3,6 +3,7 @@ Speed and quality of the samplers, side by side in one run on one machine.
 
     python bench.py --what=samplers                                     # sample.py's samplers
     python bench.py --what=fast --out_dir=out-shakespeare-long           # Fast-dLLM vs the baseline
+    python bench.py --what=fewstep --out_dir=out-shakespeare-char,out-shakespeare-duo --temperature=1
 
 Every row of a table is measured in the same run, on the same prompts (the starts of val windows),
 one prompt at a time (batch size 1, as in Fast-dLLM's figures), the methods interleaved prompt by
@@ -19,6 +20,7 @@ import time
 
 import torch
 
+import duo
 import fast_sample
 import sample
 from configurator import NON_NEGATIVE, POSITIVE, UNIT, check, check_device, configure, fail, one_of, rule
@@ -28,8 +30,8 @@ from tokenizer import same_tokens
 from unmask import canvas
 
 # -----------------------------------------------------------------------------
-what = "samplers"               # 'samplers' (sample.py) or 'fast' (fast_sample.py vs sample.py)
-out_dir = "out-shakespeare-char"
+what = "samplers"               # 'samplers' (sample.py), 'fast' (fast_sample.py vs sample.py) or 'fewstep' (MDLM vs Duo)
+out_dir = "out-shakespeare-char"  # fewstep: comma-separated out_dirs
 judge = "out-judge-char"
 num_samples = 8                 # prompts (one generation each per row)
 prompt_len = 16
@@ -40,6 +42,7 @@ block_length = 32
 threshold = 0.9
 factor = 1.0
 eta = 0.02                      # remdm's re-masking cap
+step_counts = "8,16,32,64,256"  # fewstep: the numbers of sampling steps
 seed = 1337
 device = "cuda" if torch.cuda.is_available() else "cpu"
 # -----------------------------------------------------------------------------
@@ -130,6 +133,27 @@ def bench_fast(model, judge, prompts, Ls, *, block_length=32, temperature=0.0, t
         print(f"| {L} | {full:.1f} ms | {step:.1f} ms | {full / step:.1f} |")
 
 
+def bench_fewstep(models, judge, prompts, L, step_counts, *, temperature=1.0, seed=1337):
+    """Few-step generation: every model at every step count, all prompts in one batch; a masked model
+    by MDLM ancestral sampling (each step reveals by the true posterior), a uniform-state one by
+    duo.generate with the greedy tail. models: [(name, model)]."""
+    P = prompts.size(1)
+    print("| model | sampler | steps | NFE | gen PPL | entropy | s/sample |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for name, model in models:
+        for steps in step_counts:
+            g = torch.Generator(device=prompts.device).manual_seed(seed)
+            if model.config.time_cond:
+                kind, fn = "duo, greedy tail", lambda: duo.generate(model, prompts, steps=steps, gen_length=L,
+                                                                     temperature=temperature, generator=g)
+            else:
+                kind, fn = "mdlm ancestral", lambda: sample.generate_ancestral(
+                    model, prompts, steps=steps, gen_length=L, temperature=temperature, generator=g)
+            (samples, nfe), secs = timed(fn)
+            print(f"| {name} | {kind} | {steps} | {nfe:.1f} | {gen_ppl(judge, samples, P):.2f} | "
+                  f"{entropy(samples, P):.3f} | {secs / len(prompts):.3f} |", flush=True)
+
+
 @torch.no_grad()
 def forward_costs(model, prompt, L, block_length, n=20):
     """Milliseconds of a forward over the whole canvas (what the baseline pays per step) and of a
@@ -172,20 +196,49 @@ def parse_lengths(text):
 if __name__ == "__main__":
     config_keys = [k for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str))]
     globals().update(configure({k: globals()[k] for k in config_keys}))
-    check(globals(), dict(what=one_of("samplers", "fast"), num_samples=POSITIVE, prompt_len=POSITIVE,
+    check(globals(), dict(what=one_of("samplers", "fast", "fewstep"), num_samples=POSITIVE, prompt_len=POSITIVE,
                           gen_length=POSITIVE, lengths=rule(parse_lengths, "comma-separated positive integers"),
+                          step_counts=rule(parse_lengths, "comma-separated positive integers"),
                           temperature=NON_NEGATIVE, block_length=POSITIVE, threshold=UNIT, factor=NON_NEGATIVE,
                           eta=UNIT, seed=NON_NEGATIVE))
     Ls = parse_lengths(lengths)
-    for L in [gen_length] if what == "samplers" else Ls:
+    for L in [gen_length] if what == "samplers" else Ls if what == "fast" else []:
         if L % block_length:
             fail(f"--block_length={block_length} must divide every generation length ({L})")
+    if what != "fewstep" and "," in out_dir:
+        fail(f"--out_dir={out_dir!r}: one checkpoint for --what={what} (several only for --what=fewstep)")
+    if not all(out_dir.split(",")):
+        fail(f"--out_dir={out_dir!r} has an empty name")
     check_device(device)
+    if what == "fewstep":
+        judge_model, judge_ckpt = load_checkpoint(judge, device, hint="train the judge: python train.py config/judge.py")
+        if not judge_model.config.causal:
+            fail(f"the judge {judge} must be an autoregressive model")
+        models = []
+        for d in out_dir.split(","):
+            m, ck = load_checkpoint(d, device)
+            if m.config.causal or not same_tokens(ck["meta"], judge_ckpt["meta"]):
+                fail(f"{d} must be a diffusion model trained on the judge's data")
+            if prompt_len + gen_length > m.config.block_size:
+                fail(f"prompt_len + gen_length exceeds {d}'s context of {m.config.block_size}")
+            models.append((d, m.eval()))
+        data_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", judge_ckpt["config"]["dataset"])
+        try:
+            prompts, real = prompts_for(data_dir, prompt_len + gen_length, num_samples, prompt_len)
+        except ValueError as e:
+            fail(e)
+        bench_fewstep(models, judge_model.eval(), prompts.to(device), gen_length, parse_lengths(step_counts),
+                      temperature=temperature, seed=seed)
+        real = real.to(device)
+        print(f"\n{num_samples} samples of {gen_length} tokens after {prompt_len}-token val prompts, temperature "
+              f"{temperature}, one batch; val text: gen PPL {gen_ppl(judge_model, real, prompt_len):.2f}, entropy "
+              f"{entropy(real, prompt_len):.3f}. Judge: {judge}.")
+        sys.exit(0)
     model, ckpt = load_checkpoint(out_dir, device)
     judge_model, judge_ckpt = load_checkpoint(judge, device, hint="train the judge: python train.py config/judge.py")
     model.eval(), judge_model.eval()
-    if model.config.causal or not judge_model.config.causal:
-        fail("out_dir must hold a diffusion model and judge an autoregressive one")
+    if model.config.causal or model.config.time_cond or not judge_model.config.causal:
+        fail("out_dir must hold a masked diffusion model and judge an autoregressive one (Duo: --what=fewstep)")
     if not same_tokens(ckpt["meta"], judge_ckpt["meta"]):
         fail(f"{out_dir} and the judge {judge} were trained on different data")
     data_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", ckpt["config"]["dataset"])

@@ -18,25 +18,36 @@ For each checkpoint (masked diffusion or AR) it prints one row of a table:
 A 'val text' row scores the real continuations of the same prompts: the reference for both.
 Sampling for evaluation draws its Gumbel noise in float64.
 
-exact_match() is the task-accuracy hook (GSM8K-style answers).
+With --mode=accuracy it scores answers that can be checked instead (data/sudoku, data/sort,
+data/gsm8k): every record of a split is answered with any sampler (sample.py's, --fast, Duo's, or an
+AR checkpoint's greedy decoding with its K/V cache), in batches, and the table gives exact match
+(and for Sudoku the blank cells filled right and the valid grids), NFE and answer tokens per second:
+
+    python eval.py --mode=accuracy --ckpts=out-sudoku,out-sudoku-ar
+    python eval.py --mode=accuracy --ckpts=out-sort --gen_length=256 --block_length=32 --fast --threshold=0.9
 """
 
 import math
 import os
 import re
 import sys
+import time
 
 import numpy as np
 import torch
 from torch.nn import functional as F
+from tqdm import tqdm
 
 import ar
-from configurator import NON_NEGATIVE, POSITIVE, check, check_device, configure, fail, one_of
+import duo
+from configurator import NON_NEGATIVE, POSITIVE, UNIT, check, check_device, check_writable, configure, fail, one_of
 from diffusion import nll_bound
 from model import load_checkpoint
-from sample import cut_at_eos, generate
-from unmask import REMASKING
-from tokenizer import get_codec, same_tokens
+import fast_sample
+import sample
+from sample import SAMPLERS, cut_at_eos, generate
+from tokenizer import as_pair, get_codec, load_sft, same_tokens
+from unmask import REMASKING, left_pad
 
 
 def val_windows(data_dir, T):
@@ -74,6 +85,8 @@ def heldout_nll(model, windows, n_draws=8, seed=0, batch_size=64):
     maskable = torch.ones(windows.size(1), dtype=torch.bool)
     maskable[0] = False  # the same conditioning as AR: token 0 is context
     batches = windows.split(batch_size)
+    if model.config.time_cond:  # uniform-state diffusion: its discrete NELBO
+        return duo.nll_bound(model, batches, n_draws=n_draws, seed=seed, maskable=maskable)
     return nll_bound(model, batches, model.config.mask_id, n_draws=n_draws, seed=seed, count=True,
                      maskable=maskable)
 
@@ -117,6 +130,79 @@ def exact_match(preds, refs, extract=extract_answer):
 
 
 # -----------------------------------------------------------------------------
+# Task accuracy
+
+def is_sudoku(digits):
+    """Whether 81 digits hold each of 1..9 once in every row, column and box."""
+    if len(digits) != 81:
+        return False
+    g = [list(digits[r * 9:r * 9 + 9]) for r in range(9)]
+    boxes = [[g[r][c] for r in range(br, br + 3) for c in range(bc, bc + 3)] for br in (0, 3, 6) for bc in (0, 3, 6)]
+    return all(sorted(u) == list(range(1, 10)) for u in g + [list(c) for c in zip(*g)] + boxes)
+
+
+@torch.no_grad()
+def answer_records(model, records, meta, *, batch_size=64, gen_length=0, generator=None, on_step=None, **opts):
+    """Every record answered by the model: (answers, targets, NFE per record, seconds). An answer is what
+    the model wrote: for a diffusion model the prompt with its holes filled (infilling records) then the
+    generated tokens up to the first EOS; for an AR model (tokenizer.as_pair) its tokens up to EOS. The
+    target is the same for the data. gen_length: tokens after each prompt (0: the longest response + 1).
+    opts: sample.sample's sampler options (an AR model decodes greedily at opts' temperature)."""
+    m, eos = meta["mask_id"], meta["eos_id"]
+    answers, targets, nfe, t0 = [], [], 0.0, time.perf_counter()
+    order = sorted(range(len(records)), key=lambda i: len(records[i][0]))  # equal prompt lengths batch together
+    for j in tqdm(range(0, len(order), batch_size), desc="answering", unit="batch", leave=False):
+        batch = [records[i] for i in order[j:j + batch_size]]
+        pairs = [as_pair(r, m) for r in batch]
+        L = gen_length or (max(len(r) for _, r, _ in batch) + 1 if any(r for _, r, _ in batch) else 0)
+        if model.config.causal:
+            x, pad = left_pad([p for p, _ in pairs], eos)
+            T = max(len(a) for _, a in pairs) + 1
+            if pad.any():
+                raise ValueError("AR answers need prompts of one length per batch")
+            out, n = ar.generate(model, x.to(next(model.parameters()).device), T, opts.get("temperature", 0.0),
+                                 generator), T
+            got = [cut_at_eos(row[x.size(1):], eos, 0) for row in out.tolist()]
+        else:
+            prompts = [p if rec[2] else rec[0] for (p, _), rec in zip(pairs, batch)]  # holes masked
+            x, pad = left_pad(prompts, eos)
+            out, n = sample.sample(model, x.to(next(model.parameters()).device), gen_length=L, eos_id=eos,
+                                   pad=pad if pad.any() else None, generator=generator, on_step=on_step, **opts)
+            on_step = None  # the order is recorded for the first batch only
+            P = x.size(1)  # each prompt ends at P (left padding)
+            got = [(row[P - len(rec[0]):P] if rec[2] else []) + cut_at_eos(row[P:], eos, 0)
+                   for row, rec in zip(out.tolist(), batch)]
+        answers += got
+        targets += [a for _, a in pairs]
+        nfe += n * len(batch)
+    return answers, targets, nfe / max(1, len(records)), time.perf_counter() - t0
+
+
+def score(answers, targets, records, meta):
+    """{'exact': fraction right, and for Sudoku 'cells': blanks filled right, 'valid': valid grids}."""
+    decode = get_codec(meta)[1]
+    if meta.get("task") == "gsm8k":
+        right = [extract_answer(decode(a)) == extract_answer(decode(t)) for a, t in zip(answers, targets)]
+    else:
+        right = [a == t for a, t in zip(answers, targets)]
+    out = dict(exact=sum(right) / max(1, len(right)))
+    if meta.get("task") == "sudoku":  # answers are the 81 cells (an AR answer too: as_pair's whole grid)
+        holes = [h for _, _, h in records]
+        out["cells"] = sum(sum(len(a) > i and a[i] == t[i] for i in h) for a, t, h in zip(answers, targets, holes)) \
+            / max(1, sum(map(len, holes)))
+        digits = lambda a: [int(c) if c.isdigit() else 0 for c in decode(a)]  # noqa: E731
+        out["valid"] = sum(is_sudoku(digits(a)) for a in answers) / max(1, len(answers))
+    return out
+
+
+def order_grid(steps, holes):
+    """A Sudoku's blanks as a 9 x 9 text grid of the step at which the sampler filled each ('.' for a given)."""
+    cells = [f"{steps[i]:>3}" if i in holes else "  ." for i in range(81)]
+    return "\n".join(" ".join("".join(cells[r * 9 + c:r * 9 + c + 3]) for c in (0, 3, 6)) for r in range(9))
+
+
+# -----------------------------------------------------------------------------
+mode = "table"                  # 'table' (NLL, gen PPL, entropy against the judge) or 'accuracy' (a task's answers)
 ckpts = "out-shakespeare-char"  # comma-separated out_dirs
 judge = "out-judge-char"        # out_dir of the AR judge
 n_draws = 8                     # noise draws per val window for the diffusion bound
@@ -127,23 +213,93 @@ steps = 0                       # diffusion sampling steps; 0: gen_length (one t
 block_length = 0                # 0: gen_length (no semi-autoregressive blocks)
 temperature = 1.0
 remasking = "random"            # random + one token per step + T=1: an exact sample from the model
+# accuracy: the split, the sampler (table defaults above apply unless given; accuracy's own: temperature 0,
+# low_confidence, steps 0 = one token per step), batching, and the order in which a Sudoku was filled
+split = "test"
+max_records = 0                 # score the first this many records (0: all)
+batch_size = 64
+sampler = "llada"               # as sample.py: llada, ancestral, remdm (a Duo or AR checkpoint uses its own)
+fast = False
+cache = "dual"
+threshold = 0.9
+factor = 0.0
+order = ""                      # write the step at which each blank of the first record was filled to this file
 seed = 1337
 device = "cuda" if torch.cuda.is_available() else "cpu"
 # -----------------------------------------------------------------------------
 
+def accuracy_main():
+    """--mode=accuracy: one row per checkpoint, every record of --split answered and scored."""
+    L = gen_length if gen_length != defaults["gen_length"] else 0  # the table's 112 is not an answer's length
+    opts = dict(sampler=sampler, fast=fast, cache=cache, threshold=threshold, factor=factor, block_length=block_length,
+                steps=steps, temperature=temperature if temperature != defaults["temperature"] else 0.0,
+                remasking=remasking if remasking != defaults["remasking"] else "low_confidence")
+    print("| model | sampler | records | exact | cells | valid grids | NFE | answer tok/s |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for out_dir in ckpts.split(","):
+        model, ckpt = load_checkpoint(out_dir, device)
+        meta = ckpt["meta"]
+        data_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", ckpt["config"]["dataset"])
+        try:
+            records = load_sft(data_dir, split, model.config.block_size)
+        except ValueError as e:
+            fail(f"{out_dir}'s dataset has no {split} split of SFT records ({e})")
+        records = records[:max_records or len(records)]
+        g = torch.Generator(device=device).manual_seed(seed)
+        steps_at = {}
+
+        def record_order(x, chosen, k=[0]):  # the step at which each position of the first record was filled
+            k[0] += 1
+            for i in chosen[0].nonzero().flatten().tolist():
+                steps_at[i] = k[0]
+        kw = dict(opts)
+        if not model.config.causal and not kw["steps"]:  # one token per step: every hole and generated token
+            kw["steps"] = (L or max(len(r) + 1 if r else 0 for _, r, _ in records)) + max(len(h) for _, _, h in records)
+        if kw["block_length"] == 0:
+            kw["block_length"] = L or max(len(r) + 1 if r else 0 for _, r, _ in records) or 1
+        try:
+            answers, targets, nfe, secs = answer_records(model, records, meta, batch_size=batch_size,
+                                                         gen_length=L, generator=g,
+                                                         on_step=record_order if order else None, **kw)
+        except ValueError as e:
+            fail(e)
+        res = score(answers, targets, records, meta)
+        # answer tokens: the holes and what follows the prompt (an AR model's copy of the givens not counted)
+        n_tok = sum(len(h) + max(0, len(a) - (len(p) if h else 0)) for (p, _, h), a in zip(records, answers))
+        kind = "AR greedy" if model.config.causal else "duo" if model.config.time_cond else \
+            ("fast " + cache + f", thr {threshold}" if fast else sampler) + f", {kw['remasking']}"
+        cells = [f"{100 * res[k]:.1f}%" if k in res else "" for k in ("exact", "cells", "valid")]
+        print(f"| {out_dir} | {kind} | {len(records)} | " + " | ".join(cells) + f" | {nfe:.1f} | {n_tok / secs:.1f} |",
+              flush=True)
+        if order and records and records[0][2]:
+            with open(order, "w") as f:
+                f.write(order_grid(steps_at, set(records[0][2])) + "\n")
+
+
 if __name__ == "__main__":
     config_keys = [k for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str))]
-    globals().update(configure({k: globals()[k] for k in config_keys}))
-    check(globals(), dict(n_draws=POSITIVE, num_samples=POSITIVE, prompt_len=POSITIVE, gen_length=POSITIVE,
+    defaults = {k: globals()[k] for k in config_keys}
+    globals().update(configure(defaults))
+    check(globals(), dict(mode=one_of("table", "accuracy"), n_draws=POSITIVE, num_samples=POSITIVE,
+                          prompt_len=POSITIVE, gen_length=NON_NEGATIVE if mode == "accuracy" else POSITIVE,
                           steps=NON_NEGATIVE, block_length=NON_NEGATIVE, temperature=NON_NEGATIVE,
-                          remasking=one_of(*REMASKING), seed=NON_NEGATIVE))
+                          remasking=one_of(*REMASKING), seed=NON_NEGATIVE, max_records=NON_NEGATIVE,
+                          batch_size=POSITIVE, sampler=one_of(*SAMPLERS), cache=one_of(*fast_sample.CACHES),
+                          threshold=UNIT, factor=NON_NEGATIVE))
     if not all(ckpts.split(",")):
         fail(f"--ckpts={ckpts!r} has an empty name: give comma-separated out_dirs")
+    check_device(device)
+    if order:
+        check_writable(order, "order")
+    if mode == "accuracy":
+        if gen_length != defaults["gen_length"] and gen_length and block_length and gen_length % block_length:
+            fail(f"--gen_length={gen_length} must be a multiple of --block_length={block_length}")
+        accuracy_main()
+        sys.exit(0)
     steps, block_length = steps or gen_length, block_length or gen_length
     if gen_length % block_length or steps % (gen_length // block_length):
         fail(f"--gen_length={gen_length} must be a multiple of --block_length={block_length}, and --steps={steps} "
              f"of the number of blocks")
-    check_device(device)
     judge_model, judge_ckpt = load_checkpoint(judge, device, hint="train the judge: python train.py config/judge.py")
     if not judge_model.config.causal:
         fail(f"the judge {judge} must be an autoregressive model (objective=ar)")
@@ -190,6 +346,9 @@ if __name__ == "__main__":
         try:
             if model.config.causal:
                 samples = ar.generate(model, prompts, gen_length, temperature, g)
+            elif model.config.time_cond:  # Duo: ancestral with the greedy tail, `steps` steps
+                samples, _ = duo.generate(model, prompts, steps=steps, gen_length=gen_length, temperature=temperature,
+                                          generator=g)
             else:
                 samples, _ = generate(model, prompts, steps=steps, gen_length=gen_length, block_length=block_length,
                                       temperature=temperature, remasking=remasking, eos_id=eos, generator=g)
@@ -199,7 +358,8 @@ if __name__ == "__main__":
         cells = [f"{model.num_params() / 1e6:.2f}M", f"{ckpt['tokens'] / 1e6:.1f}M", f"{ckpt['train_time'] / 60:.1f} min",
                  f"{mean:.3f} +- {se:.3f} ({'exact' if model.config.causal else 'bound'})"]
         cells += [f"{mean / math.log(2) * tok_per_char:.3f}"]
-        row(f"{out_dir} ({'AR' if model.config.causal else 'MDLM'})", cells, samples, eos)
+        kind = "AR" if model.config.causal else "Duo" if model.config.time_cond else "MDLM"
+        row(f"{out_dir} ({kind})", cells, samples, eos)
     print(f"\nval NLL: {len(windows)} val windows of {T_nll} tokens, token 0 given; diffusion bound over "
           f"{n_draws} draws per window. Samples: {num_samples} x {gen_length} tokens after {prompt_len}-token "
           f"val prompts; diffusion: {steps} steps, blocks of {block_length}, {remasking} remasking; temperature "

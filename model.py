@@ -35,6 +35,7 @@ class GPTConfig:
     n_embd: int = 384
     dropout: float = 0.0
     causal: bool = False    # True: autoregressive baseline
+    time_cond: bool = False  # True: conditioned on the noise level sigma (uniform-state diffusion, duo.py)
 
 
 class RMSNorm(nn.Module):
@@ -101,6 +102,17 @@ class SwiGLU(nn.Module):
         return self.down(F.silu(g) * u)
 
 
+TIME_DIM = 16  # width of the noise-level embedding: sigma is one number, a few features describe it
+
+
+def sigma_embedding(sigma, dim=TIME_DIM):
+    """Sinusoidal features of the noise level sigma = -log alpha_t (B,) -> (B, dim), at frequencies
+    from 0.1 to 100 (sigma lies in [0, ~7])."""
+    freqs = torch.logspace(-1, 2, dim // 2, device=sigma.device)
+    ang = sigma.float()[:, None] * freqs[None]
+    return torch.cat([ang.sin(), ang.cos()], dim=-1)
+
+
 class Block(nn.Module):
     def __init__(self, cfg):
         super().__init__()
@@ -108,10 +120,16 @@ class Block(nn.Module):
         self.norm2, self.mlp = RMSNorm(cfg.n_embd), SwiGLU(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, cos, sin, start, kv, key_mask):
-        a, fresh = self.attn(self.norm1(x), cos, sin, start, kv, key_mask)
-        x = x + self.drop(a)
-        x = x + self.drop(self.mlp(self.norm2(x)))
+    def forward(self, x, cos, sin, start, kv, key_mask, c=None):
+        if c is None:
+            a, fresh = self.attn(self.norm1(x), cos, sin, start, kv, key_mask)
+            x = x + self.drop(a)
+            return x + self.drop(self.mlp(self.norm2(x))), fresh
+        # c: (B, TIME_DIM). (1 + scale), (1 + gate): a zero-initialised projection leaves the plain block
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c)[:, None].chunk(6, dim=-1)  # each (B, 1, C)
+        a, fresh = self.attn(self.norm1(x) * (1 + scale1) + shift1, cos, sin, start, kv, key_mask)
+        x = x + self.drop((1 + gate1) * a)
+        x = x + self.drop((1 + gate2) * self.mlp(self.norm2(x) * (1 + scale2) + shift2))
         return x, fresh
 
 
@@ -132,6 +150,14 @@ class GPT(nn.Module):
         for name, p in self.named_parameters():  # GPT-2: scale the residual projections by 1/sqrt(2 n_layer)
             if name.endswith("proj.weight") or name.endswith("down.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+        if cfg.time_cond:  # made last, so the other weights are those of the plain model with the same seed
+            # sigma -> features -> a small MLP -> each block's adaLN (shift, scale, gate of both sublayers),
+            # zero-initialised: the time-conditioned model starts as the plain one
+            self.time_mlp = nn.Sequential(nn.Linear(TIME_DIM, TIME_DIM, bias=False), nn.SiLU())
+            nn.init.normal_(self.time_mlp[0].weight, mean=0.0, std=0.02)
+            for block in self.blocks:
+                block.ada = nn.Linear(TIME_DIM, 6 * cfg.n_embd, bias=False)
+                nn.init.zeros_(block.ada.weight)
 
     def _init_weights(self, m):
         if isinstance(m, (nn.Linear, nn.Embedding)):
@@ -140,26 +166,32 @@ class GPT(nn.Module):
     def num_params(self):
         return sum(p.numel() for p in self.parameters())  # tied weights are counted once
 
-    def forward(self, idx, start=0, kv=None, pos=None, key_mask=None, return_kv=False):
+    def forward(self, idx, start=0, kv=None, pos=None, key_mask=None, return_kv=False, sigma=None):
         """
-        idx: (B, n) token ids at canvas positions start..start+n-1.
+        idx: (B, n) token ids at canvas positions start..start+n-1, or (B, n, K) probabilities over the
+             first K ids (a soft input: their mix of embeddings, duo.py's curriculum).
+        sigma: (B,) noise levels -log alpha_t, read by a time-conditioned model (time_cond), else ignored.
         kv: optional per-layer list of (k, v) cache buffers, written in place (see the module docstring).
         pos: optional (B, n) RoPE positions (default: the canvas positions); left-padded batches
              pass each row's own positions so that a row sees what it would see alone.
         key_mask: optional (B, T_k) bool, False for keys that must not be attended to (padding).
         Returns logits (B, n, V) in float32, and with return_kv the list of fresh (k, v).
         """
-        B, n = idx.shape
+        B, n = idx.shape[:2]
         if start + n > self.config.block_size:
             raise ValueError(f"sequence of length {start + n} exceeds the model's block_size {self.config.block_size}")
         if pos is None:
             cos, sin = self.cos[start:start + n], self.sin[start:start + n]
         else:
             cos, sin = self.cos[pos][:, None], self.sin[pos][:, None]  # (B, 1, n, D/2)
-        x = self.drop(self.wte(idx))
+        x = idx @ self.wte.weight[:idx.size(-1)] if idx.is_floating_point() else self.wte(idx)  # (B, n, C)
+        x = self.drop(x)
+        if self.config.time_cond and sigma is None:
+            raise ValueError("a time-conditioned model needs the noise level sigma")
+        c = self.time_mlp(sigma_embedding(sigma)) if self.config.time_cond else None  # (B, TIME_DIM)
         new_kv = []
         for i, block in enumerate(self.blocks):
-            x, fresh = block(x, cos, sin, start, None if kv is None else kv[i], key_mask)
+            x, fresh = block(x, cos, sin, start, None if kv is None else kv[i], key_mask, c)
             new_kv.append(fresh)
         logits = self.lm_head(self.norm_f(x)).float()
         if self.config.mask_id >= 0:

@@ -33,11 +33,13 @@ import sys
 
 import torch
 
-from configurator import NON_NEGATIVE, POSITIVE, UNIT, check, check_device, check_writable, configure, fail, one_of
+from configurator import (NON_NEGATIVE, POSITIVE, UNIT, check, check_device, check_writable, configure, fail, one_of,
+                          rule)
 from diffusion import alpha
 from model import load_checkpoint
 from tokenizer import MASK_GLYPH, get_codec
 from unmask import REMASKING, add_gumbel_noise, blocks, canvas, commit, num_transfer_tokens, padded_forward
+import duo
 import fast_sample
 
 SAMPLERS = ("llada", "ancestral", "remdm")
@@ -108,11 +110,15 @@ def generate_ancestral(model, prompt, *, steps=128, gen_length=128, temperature=
 
 def sample(model, prompt, *, sampler="llada", fast=False, steps=128, gen_length=128, block_length=128,
            temperature=0.0, remasking="low_confidence", cfg_scale=0.0, eta=0.0, cache="dual", threshold=0.9,
-           factor=0.0, **kw):
+           factor=0.0, top_k=0, top_p=1.0, greedy_tail=True, **kw):
     """Any sampler of the project by its command-line options: sampler='llada' (generate), 'ancestral'
     or 'remdm' (generate_ancestral, eta > 0 only for remdm), and fast=True for Fast-dLLM's version of
-    llada (fast_sample.generate). kw: mask_id, eos_id, forbid_eos, pad, generator, on_step.
-    Returns (canvas, NFE per row)."""
+    llada (fast_sample.generate); a time-conditioned (uniform-state) model samples with duo.generate.
+    kw: mask_id, eos_id, forbid_eos, pad, generator, on_step. Returns (canvas, NFE per row)."""
+    if model.config.time_cond:
+        return duo.generate(model, prompt, steps=steps, gen_length=gen_length, temperature=temperature, top_k=top_k,
+                            top_p=top_p, greedy_tail=greedy_tail, generator=kw.get("generator"),
+                            on_step=kw.get("on_step"))
     if fast:
         if sampler != "llada" or cfg_scale > 0:
             raise ValueError("--fast accelerates the llada sampler without guidance (sampler=llada, cfg_scale=0)")
@@ -188,6 +194,9 @@ fast = False            # Fast-dLLM (fast_sample.py): block-wise K/V cache + par
 cache = "dual"          # fast: 'none', 'prefix' or 'dual'
 threshold = 0.9         # fast: commit every position at least this sure (0: off)
 factor = 0.0            # fast, threshold 0: the factor rule (n + 1)(1 - c(n)) < factor (0: off)
+top_k = 0               # duo: sample from the k most likely tokens of each prediction (0: all)
+top_p = 1.0             # duo: ... from the smallest set with this probability (nucleus)
+greedy_tail = True      # duo: the last step takes the most likely token
 show = False            # live view of the unmasking (the first sample)
 trace = ""              # save the step-by-step history of the first sample to this JSON file
 seed = 1337
@@ -196,11 +205,13 @@ device = "cuda" if torch.cuda.is_available() else "cpu"
 
 if __name__ == "__main__":
     config_keys = [k for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str))]
-    globals().update(configure({k: globals()[k] for k in config_keys}))
+    defaults = {k: globals()[k] for k in config_keys}
+    globals().update(configure(defaults))
     check(globals(), dict(num_samples=POSITIVE, gen_length=NON_NEGATIVE, steps=NON_NEGATIVE, block_length=POSITIVE,
                           temperature=NON_NEGATIVE, sampler=one_of(*SAMPLERS), remasking=one_of(*REMASKING),
                           cfg_scale=NON_NEGATIVE, eta=UNIT, cache=one_of(*fast_sample.CACHES), threshold=UNIT,
-                          factor=NON_NEGATIVE, seed=NON_NEGATIVE))
+                          factor=NON_NEGATIVE, top_k=NON_NEGATIVE, top_p=rule(lambda v: 0 < v <= 1, "in (0, 1]"),
+                          seed=NON_NEGATIVE))
     if gen_length and gen_length % block_length:
         fail(f"--gen_length={gen_length} must be a multiple of --block_length={block_length}")
     if fast and (sampler != "llada" or cfg_scale > 0):
@@ -221,6 +232,12 @@ if __name__ == "__main__":
     if model.config.causal:
         fail(f"{out_dir}/ckpt.pt is an autoregressive model (objective=ar); sample.py samples diffusion models")
     model.eval()
+    kind = "duo" if model.config.time_cond else "mdlm"  # the checkpoint says which sampler family applies
+    only = dict(mdlm=["sampler", "block_length", "remasking", "cfg_scale", "eta", "forbid_eos", "fast", "cache",
+                      "threshold", "factor"], duo=["top_k", "top_p", "greedy_tail"])
+    for key in only["duo" if kind == "mdlm" else "mdlm"]:
+        if globals()[key] != defaults[key]:
+            fail(f"--{key} does not apply to {out_dir}, a {kind} checkpoint ({'uniform-state' if kind == 'duo' else 'masked'} diffusion)")
     meta, m = ckpt["meta"], model.config.mask_id
     encode, decode = get_codec(meta)
     try:
@@ -234,7 +251,7 @@ if __name__ == "__main__":
         fail("nothing to generate: gen_length is 0 and the prompt has no [MASK]")
     steps = steps or gen_length or ids.count(m)
     n_blocks = gen_length // block_length if gen_length else 1
-    if sampler == "llada" and steps % n_blocks:
+    if kind == "mdlm" and sampler == "llada" and steps % n_blocks:
         fail(f"--steps={steps} must be a multiple of the {n_blocks} blocks (gen_length / block_length)")
     gen = torch.Generator(device=device).manual_seed(seed)
     x = torch.tensor([ids] * num_samples, dtype=torch.long, device=device)
@@ -243,8 +260,9 @@ if __name__ == "__main__":
     try:
         out, nfe = sample(model, x, sampler=sampler, fast=fast, steps=steps, gen_length=gen_length,
                           block_length=block_length if gen_length else 0, temperature=temperature, remasking=remasking,
-                          cfg_scale=cfg_scale, eta=eta, cache=cache, threshold=threshold, factor=factor, eos_id=eos,
-                          forbid_eos=forbid_eos, generator=gen, on_step=view)
+                          cfg_scale=cfg_scale, eta=eta, cache=cache, threshold=threshold, factor=factor, top_k=top_k,
+                          top_p=top_p, greedy_tail=greedy_tail, eos_id=eos, forbid_eos=forbid_eos, generator=gen,
+                          on_step=view)
     except ValueError as e:
         fail(e)
     for row in out.tolist():
@@ -252,5 +270,6 @@ if __name__ == "__main__":
         print("---------------")
     if view:
         view.save()
-    print(f"({'fast ' + cache + ' cache, ' if fast else ''}{sampler}, {nfe:g} model forwards per sample (NFE) for "
+    name = "duo ancestral" + (", greedy tail" if greedy_tail else "") if kind == "duo" else sampler
+    print(f"({'fast ' + cache + ' cache, ' if fast else ''}{name}, {nfe:g} model forwards per sample (NFE) for "
           f"{gen_length + ids.count(m)} tokens)", file=sys.stderr)

@@ -87,28 +87,52 @@ def get_codec(meta):
 
 
 def load_sft(data_dir, split, block_size):
-    """The SFT records of a split, {split}_sft.pkl: a list of (prompt ids, response ids) pairs. Records
-    whose prompt leaves no room for a response in block_size are dropped."""
+    """The SFT records of a split, {split}_sft.pkl: a list of (prompt, response) id lists, or of
+    (prompt, response, holes) for infilling, holes being positions in the prompt that are blanks (the
+    prompt holds their answers; a sampler sees [MASK] there). Returned as triples (holes [] for pairs);
+    records whose prompt leaves no room in block_size are dropped."""
     path = os.path.join(data_dir, f"{split}_sft.pkl")
     try:
         with open(path, "rb") as f:
-            records = [(list(p), list(r)) for p, r in pickle.load(f)]
+            records = [(list(r[0]), list(r[1]), list(r[2]) if len(r) > 2 else []) for r in pickle.load(f)]
     except Exception as e:
-        raise ValueError(f"{path} is not a list of (prompt, response) id lists ({type(e).__name__}: {e})")
-    return [(p, r) for p, r in records if len(p) < block_size]
+        raise ValueError(f"{path} is not a list of (prompt, response[, holes]) id lists ({type(e).__name__}: {e})")
+    return [(p, r, h) for p, r, h in records if len(p) < block_size]
 
 
-def sft_rows(records, block_size, eos_id, generator=None):
-    """LLaDA SFT rows: prompt + response + EOS padding, (n, T), and the positions that may be masked,
-    (n, T) bool: the response and its padding (the model learns where to stop), never the prompt.
-    LLaDA pads a mini-batch to its longest row; T is drawn between that (+ one EOS) and block_size, so
-    the model sees EOS tails of every length and stops wherever a sampling canvas ends."""
-    rows = [(p, (p + r)[:block_size]) for p, r in records]
-    longest = min(max(len(r) for _, r in rows) + 1, block_size)
-    T = int(torch.randint(longest, block_size + 1, (1,), generator=generator))
+def as_pair(record, mask_id):
+    """A record read as prompt -> response (what an autoregressive model is trained on): the prompt with
+    its holes masked, and for an infilling record the whole clean prompt (then the response) as the answer."""
+    p, r, holes = record
+    if not holes:
+        return p, r
+    shown = list(p)
+    for i in holes:
+        shown[i] = mask_id
+    return shown, p + r
+
+
+def sft_rows(records, block_size, eos_id, generator=None, mask_id=None, causal=False):
+    """SFT rows (n, T) and the positions that may be masked (n, T) bool, from (prompt, response, holes)
+    records: the data contract of every SFT dataset.
+    Diffusion (LLaDA): prompt + response + EOS padding; maskable are the holes, the response and its
+    padding (the model learns where to stop), never the rest of the prompt. LLaDA pads a mini-batch to
+    its longest row; T is drawn between that (+ one EOS) and block_size, so the model sees EOS tails of
+    every length and stops wherever a sampling canvas ends.
+    causal=True (AR): as_pair's prompt + answer + one EOS, padded with EOS to the longest row; 'maskable'
+    marks the tokens that are scored as next-token targets: the answer and its EOS."""
+    if causal:
+        rows = [(p, (p + a + [eos_id])[:block_size]) for p, a in (as_pair(rec, mask_id) for rec in records)]
+        T = max(len(row) for _, row in rows)
+    else:
+        rows = [(p, (p + r)[:block_size]) for p, r, _ in records]
+        longest = min(max(len(row) for _, row in rows) + 1, block_size)
+        T = int(torch.randint(longest, block_size + 1, (1,), generator=generator))
     x0 = torch.full((len(rows), T), eos_id, dtype=torch.long)
     maskable = torch.zeros(len(rows), T, dtype=torch.bool)
-    for b, (p, row) in enumerate(rows):
+    for b, ((p, row), rec) in enumerate(zip(rows, records)):
         x0[b, :len(row)] = torch.tensor(row)
-        maskable[b, len(p):] = True
+        maskable[b, len(p):len(row) if causal else T] = True
+        if not causal:
+            maskable[b, rec[2]] = True  # the holes of an infilling record
     return x0, maskable

@@ -10,11 +10,15 @@ Every step's global batch (token windows, times t, masks) is drawn from a genera
 (seed, step) and then split among processes and micro-steps: N processes give the weights that one
 process gives with the same global batch, and a resumed run continues exactly as if never stopped.
 
-The objective is a file with two functions (diffusion.py, ar.py): noise(clean rows) -> what the loss
-needs, and loss(model, batch). This script picks one in a single place ("the objective" below) and
-never looks inside a batch.
+The objective is a file with two functions (diffusion.py, duo.py, ar.py): noise(clean rows) -> what
+the loss needs, and loss(model, batch). This script picks one in a single place ("the objective"
+below) and never looks inside a batch.
+
+    python train.py config/shakespeare_duo.py                   # uniform-state diffusion (Duo)
+    python train.py config/shakespeare_dcd.py                   # its consistency distillation
 """
 
+import copy
 import math
 import os
 import subprocess
@@ -31,6 +35,7 @@ from tqdm import tqdm
 
 import ar
 import diffusion
+import duo
 from configurator import (NON_NEGATIVE, POSITIVE, UNIT_OPEN, check, check_device, check_writable, configure, fail,
                           one_of, rule)
 from model import GPT, GPTConfig, load_checkpoint
@@ -58,12 +63,17 @@ n_head = 4
 n_embd = 128
 dropout = 0.0
 # objective
-objective = "mdlm"      # 'mdlm' (masked diffusion ELBO) or 'ar' (causal next-token loss)
+objective = "mdlm"      # 'mdlm' (masked diffusion ELBO), 'ar' (causal next-token loss), 'duo' (uniform-state
+                        # diffusion, duo.py) or 'dcd' (Duo's consistency distillation of an init_from checkpoint)
 schedule = "linear"     # noise schedule alpha_t, see diffusion.SCHEDULES
 masking = "rate"        # 'rate': each token masked w.p. 1 - alpha_t (MDLM); 'count': exactly l ~ U{1..L} (LLaDA)
 train_loss = "elbo"     # 'elbo': the NELBO (a bound); 'flat': the mean CE of all masked tokens (a surrogate, see diffusion.flat_weight)
 t_eps = 1e-3            # t ~ U(t_eps, 1)
 antithetic = True       # low-discrepancy times across the global batch
+curriculum_iters = 0    # duo: the first this many steps read the Gaussian curriculum's soft input (duo.noise)
+tau = 1e-3              # duo: the curriculum's softmax temperature
+dcd_delta = 0.02        # dcd: the teacher's time step delta in the first round; it doubles every round
+dcd_round_iters = 200   # dcd: steps per round; the teacher is the student copied at the start of each
 # AdamW with linear warmup and cosine decay
 learning_rate = 1e-3
 max_iters = 2000
@@ -82,19 +92,28 @@ compile = False         # torch.compile the model
 seed = 1337
 # -----------------------------------------------------------------------------
 config_keys = [k for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str))]
-globals().update(configure({k: globals()[k] for k in config_keys}))
+defaults = {k: globals()[k] for k in config_keys}
+globals().update(configure(defaults))
 config = {k: globals()[k] for k in config_keys}
 # every option against its range and the others, before any work (under torchrun every process
 # stops here with the same line)
 check(config, dict(
     eval_interval=POSITIVE, eval_iters=POSITIVE, log_interval=NON_NEGATIVE, batch_size=POSITIVE,
     block_size=POSITIVE, gradient_accumulation_steps=POSITIVE, n_layer=POSITIVE, n_head=POSITIVE, n_embd=POSITIVE,
-    dropout=UNIT_OPEN, objective=one_of("mdlm", "ar"), schedule=one_of(*diffusion.SCHEDULES),
+    dropout=UNIT_OPEN, objective=one_of("mdlm", "ar", "duo", "dcd"), schedule=one_of(*diffusion.SCHEDULES),
     masking=one_of("rate", "count"), train_loss=one_of("elbo", "flat"), t_eps=rule(lambda v: 0 < v < 1, "in (0, 1)"),
     learning_rate=POSITIVE, max_iters=NON_NEGATIVE, weight_decay=NON_NEGATIVE, beta1=UNIT_OPEN, beta2=UNIT_OPEN,
     grad_clip=NON_NEGATIVE, warmup_iters=NON_NEGATIVE, lr_decay_iters=NON_NEGATIVE,
     min_lr=rule(lambda v: 0 <= v <= learning_rate, f"in [0, learning_rate={learning_rate}]"),
-    dtype=one_of("float32", "bfloat16"), seed=NON_NEGATIVE))
+    dtype=one_of("float32", "bfloat16"), seed=NON_NEGATIVE, curriculum_iters=NON_NEGATIVE,
+    tau=POSITIVE, dcd_delta=rule(lambda v: 0 < v < 1, "in (0, 1)"), dcd_round_iters=POSITIVE))
+for keys, applies in [(("schedule", "masking", "train_loss"), ("mdlm",)), (("curriculum_iters", "tau"), ("duo",)),
+                      (("dcd_delta", "dcd_round_iters"), ("dcd",))]:
+    for key in keys:
+        if config[key] != defaults[key] and objective not in applies:
+            fail(f"--{key} applies to --objective={' or '.join(applies)} only, not {objective}")
+if objective == "dcd" and init_from in ("scratch",):
+    fail("--objective=dcd distils a trained Duo model: give it with --init_from=<out_dir of objective=duo>")
 if n_embd % n_head or (n_embd // n_head) % 2:
     fail(f"--n_embd={n_embd} must be divisible by --n_head={n_head} into heads of an even size (RoPE rotates pairs)")
 if init_from not in ("scratch", "resume") and not os.path.exists(init_from):
@@ -150,10 +169,14 @@ try:
 except ValueError as e:
     fail(e)
 mask_id = meta["mask_id"]
+K = meta["vocab_size"] - 1  # duo's real tokens: every id but [MASK], which it requires to be the last
+if objective in ("duo", "dcd") and mask_id != K:
+    fail(f"--objective={objective} needs [MASK] as the last id of the vocabulary ({dataset}'s is {mask_id} of "
+         f"{meta['vocab_size']})")
 sft = os.path.exists(os.path.join(data_dir, "train_sft.pkl"))
-if sft:  # (prompt ids, response ids) records: tokenizer.py's SFT contract
-    if objective != "mdlm":
-        fail(f"{dataset} holds SFT pairs, which train objective=mdlm")
+if sft:  # (prompt, response[, holes]) records: tokenizer.py's SFT contract
+    if objective not in ("mdlm", "ar"):
+        fail(f"{dataset} holds SFT records, which train objective=mdlm or ar")
     try:
         pairs = {split: load_sft(data_dir, split, block_size) for split in ("train", "val")}
     except ValueError as e:
@@ -172,14 +195,24 @@ else:
 # of MDLM always uses the lower-variance count estimator and the ELBO's own weights, whatever trains)
 if objective == "ar":  # rows one token longer than the model's input: the last target
     shift, val_name = 1, "NLL"
-    noise = lambda x0, maskable, g, val: ar.noise(x0, maskable)  # noqa: E731
+    noise = lambda x0, maskable, g, step, val: ar.noise(x0, maskable)  # noqa: E731
     loss_fn = ar.loss
-else:
+elif objective == "mdlm":
     shift, val_name = 0, "NLL bound"
-    noise = lambda x0, maskable, g, val: diffusion.noise(  # noqa: E731
+    noise = lambda x0, maskable, g, step, val: diffusion.noise(  # noqa: E731
         x0, maskable, mask_id, schedule, "count" if val else masking, t_eps, antithetic,
         flat=train_loss == "flat" and not val, generator=g)
     loss_fn = diffusion.loss
+else:  # duo, dcd: the discrete bound on val; training reads the curriculum first (duo) or distils (dcd)
+    shift, val_name = 0, "NLL bound"
+
+    def noise(x0, maskable, g, step, val):
+        if objective == "dcd" and not val:  # delta doubles every round
+            return duo.dcd_noise(x0, maskable, K, min(0.5, dcd_delta * 2 ** (step // dcd_round_iters)), g)
+        return duo.noise(x0, maskable, K, curriculum=not val and step < curriculum_iters, tau=tau, eps=t_eps,
+                         antithetic=antithetic, generator=g)
+    loss_fn = (lambda model, batch: duo.dcd_loss(model, teacher, batch)) if objective == "dcd" else duo.loss
+val_loss_fn = duo.loss if objective == "dcd" else loss_fn
 
 
 def get_batch(split, step, n, stream=0):
@@ -190,14 +223,15 @@ def get_batch(split, step, n, stream=0):
     g = torch.Generator().manual_seed((seed * 3 + stream) * 10**9 + step)
     if sft:
         idx = torch.randint(len(pairs[split]), (n,), generator=g).tolist()
-        x0, maskable = sft_rows([pairs[split][i] for i in idx], block_size, meta["eos_id"], g)
+        x0, maskable = sft_rows([pairs[split][i] for i in idx], block_size + shift, meta["eos_id"], g, mask_id,
+                                causal=objective == "ar")
     else:
         data = np.memmap(os.path.join(data_dir, f"{split}.bin"), dtype=np.uint16, mode="r")
         ix = torch.randint(len(data) - block_size - 1, (n,), generator=g)
         x0 = torch.stack([torch.from_numpy(data[i:i + block_size + 1].astype(np.int64)) for i in ix.tolist()])
         x0 = x0[:, :block_size + shift]
         maskable = torch.ones_like(x0, dtype=torch.bool)
-    return noise(x0, maskable, g, split == "val")
+    return noise(x0, maskable, g, step, split == "val")
 
 
 @torch.no_grad()
@@ -208,7 +242,7 @@ def estimate_val():
     for k in range(eval_iters):
         with ctx:
             batch = [b.to(device) for b in get_batch("val", k, batch_size, stream=1)]
-            losses.append(loss_fn(raw_model, batch).item())
+            losses.append(val_loss_fn(raw_model, batch).item())
     raw_model.train()
     return sum(losses) / len(losses)
 
@@ -246,8 +280,11 @@ def from_checkpoint(path):
     the options: the model keeps its objective and shape, so an option that says otherwise is a mistake
     (it would be ignored and then written into the new checkpoint's config)."""
     model, ck = load_checkpoint(path, device)
-    if model.config.causal != (objective == "ar"):
-        fail(f"{path} was trained with objective={ck['config'].get('objective')}, not --objective={objective}")
+    was = ck["config"].get("objective")
+    if model.config.causal != (objective == "ar") or model.config.time_cond != (objective in ("duo", "dcd")):
+        fail(f"{path} was trained with objective={was}, not --objective={objective}")
+    if init_from == "resume" and was != objective:
+        fail(f"{path} was trained with objective={was}: resume it with --objective={was}")
     for key in ("n_layer", "n_head", "n_embd", "dropout"):
         if getattr(model.config, key) != config[key]:
             fail(f"--{key}={config[key]!r}, but {path} has {key}={getattr(model.config, key)!r}: a resumed or "
@@ -274,15 +311,21 @@ elif init_from != "scratch":  # fine-tune: the pretrained weights, a fresh optim
 else:
     torch.manual_seed(seed)  # the same initial weights on every process
     model = GPT(GPTConfig(block_size=block_size, vocab_size=meta["vocab_size"], mask_id=mask_id, n_layer=n_layer,
-                          n_head=n_head, n_embd=n_embd, dropout=dropout, causal=objective == "ar")).to(device)
+                          n_head=n_head, n_embd=n_embd, dropout=dropout, causal=objective == "ar",
+                          time_cond=objective == "duo")).to(device)
 optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
 if init_from == "resume":
     try:
         optimizer.load_state_dict(ckpt["optimizer"])
+        ckpt_teacher = ckpt["teacher"] if objective == "dcd" else None
     except (KeyError, TypeError, ValueError) as e:
-        fail(f"{ckpt_path} is not a checkpoint train.py can resume (optimizer: {type(e).__name__})")
+        fail(f"{ckpt_path} is not a checkpoint train.py can resume ({type(e).__name__}: {e})")
     del ckpt
 raw_model = model
+if objective == "dcd":  # the teacher: the student as it was at the start of the round (resumed from the checkpoint)
+    teacher = copy.deepcopy(raw_model).eval().requires_grad_(False)
+    if init_from == "resume":
+        teacher.load_state_dict(ckpt_teacher)
 if compile:
     model = torch.compile(model)
 if ddp:
@@ -319,11 +362,15 @@ while True:
                 ckpt = dict(model=raw_model.state_dict(), optimizer=optimizer.state_dict(),
                             model_args=asdict(raw_model.config), iter_num=iter_num, best_val=best_val,
                             tokens=tokens, train_time=prev_time + time.time() - t0, config=config, meta=meta)
+                if objective == "dcd":
+                    ckpt["teacher"] = teacher.state_dict()
                 torch.save(ckpt, ckpt_path + ".tmp")
                 os.replace(ckpt_path + ".tmp", ckpt_path)  # never leave a half-written checkpoint
     if iter_num >= max_iters or eval_only:
         break
 
+    if objective == "dcd" and iter_num % dcd_round_iters == 0:  # a new round: the teacher is the student now
+        teacher.load_state_dict(raw_model.state_dict())
     batch = get_batch("train", iter_num, G)
     for micro in range(accum):
         rows = slice((rank * accum + micro) * batch_size, (rank * accum + micro + 1) * batch_size)
@@ -338,7 +385,7 @@ while True:
     optimizer.zero_grad(set_to_none=True)
 
     iter_num += 1
-    tokens += batch[0][:, shift:].numel()  # what the model read: G x block_size, or fewer for SFT rows
+    tokens += len(batch[0]) * (batch[0].size(1) - shift)  # what the model read: G x block_size, or fewer for SFT rows
     if master:
         lossf = loss.item() * accum  # this process's last micro-batch
         loss_ema = lossf if loss_ema is None else 0.9 * loss_ema + 0.1 * lossf

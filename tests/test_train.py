@@ -62,6 +62,31 @@ def torchrun(*args, n=2):
 
 
 @pytest.mark.slow
+def test_kill_and_resume_is_exact(tiny_data, tmp_path):
+    # kill -9 a run once it has saved a checkpoint mid-way, resume it, and get the weights of a run never stopped
+    import signal
+    import subprocess
+    import time
+    args = [f"--dataset={tiny_data}", "--max_iters=30", "--lr_decay_iters=30", "--eval_interval=3", *TINY_TRAIN]
+    full = run("train.py", f"--out_dir={tmp_path / 'full'}", *args)
+    assert full.returncode == 0, full.stderr
+    cmd = [sys.executable, os.path.join(ROOT, "train.py"), f"--out_dir={tmp_path / 'killed'}", *args]
+    p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         env=dict(os.environ, OMP_NUM_THREADS="1"))
+    ckpt = tmp_path / "killed" / "ckpt.pt"
+    while p.poll() is None and not (ckpt.exists() and torch.load(ckpt, weights_only=True)["iter_num"] >= 6):
+        time.sleep(0.05)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    killed_at = torch.load(ckpt, weights_only=True)["iter_num"]
+    assert 6 <= killed_at < 30, killed_at  # killed mid-run, after a save
+    rest = run("train.py", f"--out_dir={tmp_path / 'killed'}", "--init_from=resume", *args)
+    assert rest.returncode == 0, rest.stderr
+    wf, wk = weights(tmp_path / "full"), weights(tmp_path / "killed")
+    assert all(torch.equal(wf[k], wk[k]) for k in wf)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("objective,accum", [("mdlm", 1), ("ar", 2)])
 def test_ddp_two_processes_equal_one(tiny_data, tmp_path, objective, accum):
     # one process with 2 micro-steps and two processes with one each see the same global batch,
@@ -109,14 +134,21 @@ def test_quick_start_config_under_torchrun_as_written(tmp_path):
 @pytest.mark.parametrize("config", sorted(f for f in os.listdir(os.path.join(ROOT, "config")) if f.endswith(".py")))
 def test_every_config_runs_a_step_at_a_shrunk_size(tmp_path, config):
     with open(os.path.join(ROOT, "config", config)) as f:
-        dataset = re.search(r'^dataset = "(\w+)"', f.read(), re.M)
+        text = f.read()
+    dataset = re.search(r'^dataset = "(\w+)"', text, re.M)
     dataset = dataset.group(1) if dataset else "shakespeare_char"
     if not os.path.exists(os.path.join(ROOT, "data", dataset, "meta.pkl")):
         pytest.skip(f"data/{dataset} is not prepared")
-    r = run("train.py", f"config/{config}", f"--out_dir={tmp_path}", "--init_from=scratch", "--max_iters=1",
-            "--eval_iters=1", "--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=64", "--batch_size=2")
+    shrunk = ["--max_iters=1", "--eval_iters=1", "--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=64",
+              "--batch_size=2"]
+    init = "--init_from=scratch"
+    if 'objective = "dcd"' in text:  # distillation starts from a Duo model: a shrunk one
+        r = run("train.py", f"--dataset={dataset}", "--objective=duo", f"--out_dir={tmp_path / 'teacher'}", *shrunk)
+        assert r.returncode == 0, r.stderr
+        init = f"--init_from={tmp_path / 'teacher'}"
+    r = run("train.py", f"config/{config}", f"--out_dir={tmp_path / 'out'}", init, *shrunk)
     assert r.returncode == 0, r.stderr
-    assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["config"]["dataset"] == dataset
+    assert torch.load(tmp_path / "out" / "ckpt.pt", weights_only=True)["config"]["dataset"] == dataset
 
 
 @pytest.fixture(scope="module")
@@ -166,20 +198,31 @@ def test_config_file(tmp_path):
 
 
 def test_sft_rows_never_mask_the_prompt_and_pad_to_the_drawn_length():
-    records = [([1, 2, 3], [4, 5]), ([6], [7, 8, 9, 10]), ([1, 1, 1, 1, 1, 1, 1, 1, 1], [2, 2, 2, 2, 2])]
+    records = [([1, 2, 3], [4, 5], []), ([6], [7, 8, 9, 10], []), ([1, 1, 1, 1, 1, 1, 1, 1, 1], [2, 2, 2, 2, 2], [])]
     for seed in range(20):
         x0, maskable = sft_rows(records, 12, eos_id=0, generator=torch.Generator().manual_seed(seed))
         assert x0.shape == maskable.shape == (3, 12)  # the longest row (cut to 12) + 1 > 12: only 12 fits
-        for b, (p, r) in enumerate(records):
+        for b, (p, r, _) in enumerate(records):
             row = (p + r)[:12]
             assert x0[b, :len(row)].tolist() == row and (x0[b, len(row):] == 0).all()  # EOS padding to T
             assert not maskable[b, :len(p)].any() and maskable[b, len(p):].all()  # the prompt is never masked
 
 
 def test_sft_rows_draw_every_length_between_the_longest_row_and_the_context():
-    records = [([1, 2], [3]), ([4], [5, 6, 7])]  # longest row 4, + one EOS: T in 5..10
+    records = [([1, 2], [3], []), ([4], [5, 6, 7], [])]  # longest row 4, + one EOS: T in 5..10
     lengths = {sft_rows(records, 10, 0, torch.Generator().manual_seed(s))[0].size(1) for s in range(100)}
     assert lengths == set(range(5, 11))
+
+
+def test_sft_rows_of_infilling_records_and_for_an_autoregressive_model():
+    records = [([1, 2, 3, 4], [], [1, 3]), ([5, 6], [7], [])]  # an infilling record and a pair; mask 9, EOS 0
+    x0, maskable = sft_rows(records, 6, eos_id=0, generator=torch.Generator().manual_seed(0), mask_id=9)
+    assert x0[0, :4].tolist() == [1, 2, 3, 4] and maskable[0, :4].tolist() == [False, True, False, True]
+    assert maskable[0, 4:].all() and not maskable[1, :2].any() and maskable[1, 2:].all()
+    # AR: the prompt with its holes masked, then the whole clean prompt as the answer, then one EOS
+    x0, scored = sft_rows(records, 12, eos_id=0, mask_id=9, causal=True)
+    assert x0[0].tolist() == [1, 9, 3, 9, 1, 2, 3, 4, 0] and scored[0].tolist() == [False] * 4 + [True] * 5
+    assert x0[1].tolist() == [5, 6, 7, 0, 0, 0, 0, 0, 0] and scored[1].tolist() == [False] * 2 + [True] * 2 + [False] * 5
 
 
 @pytest.mark.slow

@@ -1,0 +1,185 @@
+import importlib.util
+import os
+import pickle
+import re
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, run
+from tokenizer import get_codec
+
+spec = importlib.util.spec_from_file_location("prepare_sudoku", os.path.join(ROOT, "data", "sudoku", "prepare.py"))
+sudoku = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(sudoku)
+
+
+def allowed(g, i):
+    """The digits that cell i of grid g (a list, 0 = blank) could take."""
+    r, c = divmod(i, 9)
+    br, bc = r // 3 * 3, c // 3 * 3
+    used = set(g[r * 9:r * 9 + 9]) | set(g[c::9]) | {g[(br + a) * 9 + bc + b] for a in range(3) for b in range(3)}
+    return [d for d in range(1, 10) if d not in used]
+
+
+def count_solutions(grid, limit=2):
+    """An independent check of the generator: plain backtracking (fewest candidates first) that counts
+    a puzzle's solutions, up to limit; returns (count, the first solution found)."""
+    g, found = list(grid), []
+
+    def search():  # appends the solutions below the current grid to found, until there are limit
+        blanks = [(len(a), i, a) for i in range(81) if g[i] == 0 for a in [allowed(g, i)]]
+        if not blanks:
+            found.append(list(g))
+            return
+        _, i, options = min(blanks)
+        for d in options:
+            if len(found) < limit:
+                g[i] = d
+                search()
+                g[i] = 0
+
+    search()
+    return len(found), (found[0] if found else None)
+
+
+def naked_singles(grid):
+    """The grid after filling every cell that has one digit left, again and again (no hidden singles)."""
+    g = list(grid)
+    while any(g[i] == 0 and len(allowed(g, i)) == 1 for i in range(81)):
+        for i in range(81):
+            if g[i] == 0 and len(a := allowed(g, i)) == 1:
+                g[i] = a[0]
+    return g
+
+
+def valid(grid):
+    """Independent of the module's is_valid_grid: each row, column and box holds 1..9."""
+    rows = [grid[r * 9:r * 9 + 9] for r in range(9)]
+    cols = [grid[c::9] for c in range(9)]
+    boxes = [[grid[(br + a) * 9 + bc + b] for a in range(3) for b in range(3)] for br in (0, 3, 6) for bc in (0, 3, 6)]
+    return all(sorted(u) == list(range(1, 10)) for u in rows + cols + boxes)
+
+
+def test_counter_sees_several_solutions():
+    assert count_solutions([0] * 81)[0] == 2  # the checker below can fail: an empty grid is not unique
+    s, p = sudoku.make_puzzle(np.random.default_rng(0), 30)
+    p = p.copy()
+    p[:18] = 0  # rows 0 and 1 empty: the solution with them swapped is a second one
+    assert count_solutions(p)[0] == 2
+
+
+def test_sudoku_puzzles_unique():
+    sols, puzs = sudoku.make_puzzles(np.random.default_rng(0), 30, 45)
+    assert sols.shape == puzs.shape == (30, 81)
+    for s, p in zip(sols.tolist(), puzs.tolist()):
+        assert valid(s)
+        assert sum(d == 0 for d in p) == 45
+        assert all(d in (0, sd) for d, sd in zip(p, s))  # the givens are the solution's digits
+        n, first = count_solutions(p)
+        assert n == 1 and first == s
+        assert sudoku.solve_singles(p).tolist() == s  # and singles alone reach it
+    stuck = sum(0 in naked_singles(p) for p in puzs.tolist())
+    assert 0 < stuck < 30  # some puzzles need hidden singles (9 of these 30), most do not
+    again = sudoku.make_puzzles(np.random.default_rng(0), 30, 45)
+    assert (again[0] == sols).all() and (again[1] == puzs).all()  # seeded
+
+
+def test_sudoku_helpers():
+    s, p = sudoku.make_puzzle(np.random.default_rng(1), (40, 50))
+    assert 40 <= (p == 0).sum() <= 50 and sudoku.is_valid_grid(s) and not sudoku.is_valid_grid(p)
+    bad = s.copy()
+    bad[[0, 1]] = bad[[1, 0]]  # two digits swapped in a row: columns and boxes break
+    assert not sudoku.is_valid_grid(bad) and sudoku.is_valid_grid(np.stack([s, bad])).tolist() == [True, False]
+    assert (sudoku.solve_singles(np.zeros(81, dtype=int)) == 0).all()  # singles find nothing in an empty grid
+    text = sudoku.format_grid(p)
+    lines = text.splitlines()
+    assert len(lines) == 9 and all(re.fullmatch(r"[1-9.]{3} [1-9.]{3} [1-9.]{3}", ln) for ln in lines)
+    assert text.replace(" ", "").replace("\n", "") == "".join(str(d) if d else "." for d in p)
+
+
+def prepare(tmp_path, name, *args):
+    """Run data/<name>/prepare.py from a copy of data/ (the repo stays clean); (meta, [train, val, test])."""
+    shutil.copytree(os.path.join(ROOT, "data"), tmp_path / "data",
+                    ignore=shutil.ignore_patterns("*.bin", "*.pkl", "*.tmp", "input.txt"), dirs_exist_ok=True)
+    shutil.copy(os.path.join(ROOT, "tokenizer.py"), tmp_path)  # the prepare scripts import its writer from ../..
+    r = run(str(tmp_path / "data" / name / "prepare.py"), *args, timeout=60)
+    assert r.returncode == 0, r.stderr
+    folder = tmp_path / "data" / name
+    assert sorted(os.listdir(folder)) == ["meta.pkl", "prepare.py", "test_sft.pkl", "train_sft.pkl", "val_sft.pkl"]
+    load = lambda f: pickle.load(open(folder / f, "rb"))  # noqa: E731
+    return load("meta.pkl"), [load(f"{s}_sft.pkl") for s in ("train", "val", "test")]
+
+
+def check_meta(meta, chars, task):
+    n = len(chars)
+    assert meta["tokenizer"] == "char" and meta["task"] == task
+    assert meta["stoi"] == {c: i for i, c in enumerate(sorted(chars))}
+    assert (meta["mask_id"], meta["eos_id"], meta["vocab_size"]) == (n, n + 1, n + 2)
+    assert all(meta["itos"][i] == c for c, i in meta["stoi"].items()) and meta["itos"][n + 1] == ""
+
+
+def is_ids(x, vocab):
+    return type(x) is list and all(type(i) is int and 0 <= i < vocab for i in x)
+
+
+@pytest.mark.slow
+def test_sudoku_files(tmp_path):
+    meta, splits = prepare(tmp_path, "sudoku", "--n_train=40", "--n_val=8", "--n_test=8", "--blanks=40-50", "--seed=3")
+    check_meta(meta, "123456789", "sudoku")
+    _, decode = get_codec(meta)
+    assert [len(s) for s in splits] == [40, 8, 8]
+    keys = [{(tuple(sol), tuple(holes)) for sol, _, holes in s} for s in splits]
+    assert sum(map(len, keys)) == 56 and len(set.union(*keys)) == 56  # no puzzle twice, none in two splits
+    for sol, response, holes in sum(splits, []):
+        assert is_ids(sol, 9) and response == [] and type(holes) is list and all(type(h) is int for h in holes)
+        assert len(sol) == 81 and holes == sorted(set(holes)) and 40 <= len(holes) <= 50 and 0 <= holes[0] and holes[-1] < 81
+        grid = [int(c) for c in decode(sol)]  # ids are the digits '1'..'9'
+        assert valid(grid)
+        assert count_solutions([0 if i in holes else d for i, d in enumerate(grid)]) == (1, grid)
+
+
+@pytest.mark.slow
+def test_sort_files(tmp_path):
+    meta, splits = prepare(tmp_path, "sort", "--n_train=60", "--n_val=10", "--n_test=10", "--seed=3")
+    check_meta(meta, "\n 0123456789", "sort")
+    _, decode = get_codec(meta)
+    assert [len(s) for s in splits] == [60, 10, 10]
+    prompts = [{tuple(p) for p, _ in s} for s in splits]
+    assert len(set.union(*prompts)) == 80  # no list twice, none in two splits
+    for rec in sum(splits, []):
+        assert type(rec) is tuple and len(rec) == 2 and is_ids(rec[0], 12) and is_ids(rec[1], 12)
+        prompt, response = decode(rec[0]), decode(rec[1])
+        assert re.fullmatch(r"(\d\d ){47}\d\d\n", prompt) and re.fullmatch(r"(\d\d ){47}\d\d", response)
+        assert [int(x) for x in response.split()] == sorted(int(x) for x in prompt.split())
+        assert len(response) == 143
+    # a short list (few possible lists): still all distinct
+    _, splits = prepare(tmp_path / "short", "sort", "--n=2", "--n_train=2000", "--n_val=500", "--n_test=500", "--seed=1")
+    prompts = [tuple(p) for s in splits for p, _ in s]
+    assert len(set(prompts)) == 3000 and {len(decode(p)) for p in prompts} == {6}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script,arg", [("sudoku", "--blanks=abc"), ("sudoku", "--blanks=70"), ("sudoku", "--blanks=50-40"),
+                                        ("sudoku", "--nope=1"), ("sudoku", "n_train=5"), ("sort", "--n=0"),
+                                        ("sort", "--n_train=x"), ("sort", "--n=1")])
+def test_bad_argument_is_one_line(tmp_path, script, arg):
+    for name in ("sudoku", "sort"):  # a copy, should the script write anything; sort's prepare.py imports sudoku's
+        shutil.copytree(os.path.join(ROOT, "data", name), tmp_path / "data" / name,
+                        ignore=shutil.ignore_patterns("*.pkl", "*.tmp"))
+    shutil.copy(os.path.join(ROOT, "tokenizer.py"), tmp_path)
+    r = run(str(tmp_path / "data" / script / "prepare.py"), arg, timeout=60)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith("error:")
+    assert not [f for f in os.listdir(tmp_path / "data" / script) if f.endswith((".pkl", ".tmp"))]  # nothing written
+
+
+def test_write_is_all_or_nothing(tmp_path):
+    from tokenizer import write_files
+    (tmp_path / "meta.pkl").write_bytes(b"old")
+    with pytest.raises(TypeError):  # the second file cannot be written: the first must not change either
+        write_files(str(tmp_path), {"meta.pkl": b"new", "train_sft.pkl": "not bytes"})
+    assert os.listdir(tmp_path) == ["meta.pkl"] and (tmp_path / "meta.pkl").read_bytes() == b"old"
+    write_files(str(tmp_path), {"meta.pkl": b"new", "val.bin": b"1"})
+    assert sorted(os.listdir(tmp_path)) == ["meta.pkl", "val.bin"] and (tmp_path / "meta.pkl").read_bytes() == b"new"
