@@ -28,10 +28,11 @@ def loss(model, batch):
 
 
 @torch.no_grad()
-def generate(model, prompt, gen_length, temperature=1.0, generator=None):
+def generate(model, prompt, gen_length, temperature=1.0, generator=None, eos_id=-1):
     """Sample gen_length tokens after prompt (B, P) with a K/V cache: buffers for the whole sequence,
     filled as it grows (the causal mask hides the positions not written yet). Gumbel-max in float64
-    at the given temperature (0: greedy). Returns (B, P + gen_length)."""
+    at the given temperature (0: greedy). With eos_id >= 0 it stops once every row has written EOS and
+    fills the rest with EOS. Returns (B, P + gen_length)."""
     B, P = prompt.shape
     logits, fresh = model(prompt, return_kv=True)
     kv = []
@@ -39,10 +40,13 @@ def generate(model, prompt, gen_length, temperature=1.0, generator=None):
         kb, vb = k.new_zeros(B, k.size(1), P + gen_length, k.size(3)), v.new_zeros(B, v.size(1), P + gen_length, v.size(3))
         kb[:, :, :P], vb[:, :, :P] = k, v
         kv.append((kb, vb))
-    x = prompt
+    x, done = prompt, torch.zeros(B, dtype=torch.bool, device=prompt.device)
     for i in range(gen_length):
         tok = add_gumbel_noise(logits[:, -1], temperature, generator).argmax(-1, keepdim=True)  # (B, 1)
         x = torch.cat([x, tok], 1)
+        done |= tok[:, 0] == eos_id
+        if eos_id >= 0 and done.all():
+            return torch.cat([x, x.new_full((B, gen_length - i - 1), eos_id)], 1)
         if i + 1 < gen_length:
             logits = model(tok, start=P + i, kv=kv)
     return x

@@ -20,13 +20,15 @@ import time
 
 import torch
 
+import ar
 import duo
 import fast_sample
 import sample
 from configurator import NON_NEGATIVE, POSITIVE, UNIT, check, check_device, configure, fail, one_of, rule
 from eval import entropy, gen_ppl, generated, val_windows
+from sample import cut_at_eos
 from model import load_checkpoint
-from tokenizer import same_tokens
+from tokenizer import load_sft, same_tokens
 from unmask import canvas
 
 # -----------------------------------------------------------------------------
@@ -42,6 +44,8 @@ block_length = 32
 threshold = 0.9
 factor = 1.0
 eta = 0.02                      # remdm's re-masking cap
+ar_out_dir = ""                 # fast: also an AR model's greedy decoding with its K/V cache, in the same table
+split = "val"                   # fast, on a task (SFT records): the split whose prompts are answered
 step_counts = "8,16,32,64,256"  # fewstep: the numbers of sampling steps
 seed = 1337
 device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -67,7 +71,7 @@ def run(fns, prompts, seed=1337):
             g = torch.Generator(device=prompts.device).manual_seed(seed + j)
             (out, n), dt = timed(lambda: fn(prompts[j:j + 1], g))
             outs, nfe, secs = res[i]
-            res[i] = (outs + [out], nfe + n, secs + dt)
+            res[i] = (outs + [out], nfe + (n or 0), secs + dt)
     return [(torch.cat(outs), nfe / len(prompts), secs) for outs, nfe, secs in res]
 
 
@@ -97,10 +101,12 @@ def bench_samplers(model, judge, prompts, L, *, block_length=32, temperature=0.0
 
 
 def bench_fast(model, judge, prompts, Ls, *, block_length=32, temperature=0.0, threshold=0.9, factor=1.0,
-               seed=1337, eos=-1):
+               seed=1337, eos=-1, answers=None, ar_model=None):
     """For each generation length: the baseline (sample.py) and Fast-dLLM's caches and rules, with
-    tok/s, NFE, speed-up, gen PPL, entropy and agreement with the baseline's tokens; then the cost of
-    one full forward against one dual-cache block step."""
+    tok/s, NFE, speed-up, quality and agreement with the baseline's tokens; then the cost of one full
+    forward against one dual-cache block step. Quality: gen PPL and entropy under the judge, or, for a
+    task (answers: the right answer of each prompt), exact-match accuracy. ar_model: also an AR model's
+    greedy decoding with its K/V cache (ar.generate), stopping at EOS, in the same run."""
     P = prompts.size(1)
     configs = [("baseline (sample.py)", None),
                (f"+ parallel (threshold {threshold})", dict(cache="none", threshold=threshold)),
@@ -112,20 +118,31 @@ def bench_fast(model, judge, prompts, Ls, *, block_length=32, temperature=0.0, t
     if eos >= 0:  # how much of the speed-up is the EOS stop (the reference decodes every position)
         configs.append((f"+ dual cache + parallel ({threshold}), no EOS stop",
                         dict(cache="dual", threshold=threshold, eos_stop=False)))
-    print("| L | method | tok/s | NFE | speed-up | tokens/sample | gen PPL | entropy | agree |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    if ar_model is not None:
+        configs.append(("AR greedy + K/V cache (ar.py)", "ar"))
+
+    def quality(samples):
+        if answers is None:
+            return [f"{gen_ppl(judge, samples, P, eos):.2f}", f"{entropy(samples, P, eos):.3f}"]
+        right = [cut_at_eos(row[P:], eos, 0) == a for row, a in zip(samples.tolist(), answers)]
+        return [f"{100 * sum(right) / len(right):.1f}%"]
+    cols = "gen PPL | entropy" if answers is None else "accuracy"
+    print(f"| L | method | tok/s | NFE | speed-up | tokens/sample | {cols} | agree |")
+    print("| --- " * (8 + (answers is None)) + "|")
     for L in Ls:  # one length at a time, every method on the same prompts, the baseline first
         opts = dict(steps=L, gen_length=L, block_length=block_length, temperature=temperature, eos_id=eos)
         fns = [(lambda x, g, o=opts: sample.generate(model, x, generator=g, **o)) if kw is None else
+               (lambda x, g, L=L: (ar.generate(ar_model, x, L, temperature, g, eos_id=eos), None)) if kw == "ar" else
                (lambda x, g, o=opts, kw=kw: fast_sample.generate(model, x, generator=g, **o, **kw)) for _, kw in configs]
         for (name, kw), (samples, nfe, secs) in zip(configs, run(fns, prompts, seed)):
             tokens = int(generated(samples, P, eos).sum())  # before the first EOS, as the output is cut
             if kw is None:
                 base, base_tok_s = samples, tokens / secs
-            ppl, h = gen_ppl(judge, samples, P, eos), entropy(samples, P, eos)
+            if kw == "ar":  # one forward per token written, EOS included
+                nfe = float(generated(samples, P, eos).sum(1).add(1).clamp(max=L).float().mean())
             agree = (samples[:, P:] == base[:, P:]).float().mean().item()
             print(f"| {L} | {name} | {tokens / secs:.1f} | {nfe:.1f} | {tokens / secs / base_tok_s:.1f}x | "
-                  f"{tokens / len(prompts):.0f} | {ppl:.2f} | {h:.3f} | {agree:.2f} |", flush=True)
+                  f"{tokens / len(prompts):.0f} | " + " | ".join(quality(samples)) + f" | {agree:.2f} |", flush=True)
     print("\n| L | one forward: all P + L positions | one block with the dual cache | ratio |")
     print("| --- | --- | --- | --- |")
     for L in Ls:  # what a baseline step and a cached step cost (medians of 20, batch 1)
@@ -166,17 +183,16 @@ def forward_costs(model, prompt, L, block_length, n=20):
     return ms(lambda: model(x)), ms(lambda: model(x[:, P:P + block_length], start=P, kv=kv))
 
 
-def prompts_for(data_dir, T, num_samples, prompt_len):
-    """(num_samples prompts, their real continuations or None), evenly spaced over the val split: the
-    starts of val windows of T tokens, or, for an SFT dataset, the prompts of its val pairs (all of one
-    length, e.g. shakespeare_speech)."""
-    if os.path.exists(os.path.join(data_dir, "val_sft.pkl")):
-        with open(os.path.join(data_dir, "val_sft.pkl"), "rb") as f:
-            ps = [p for p, _ in pickle.load(f)]
-        ps = [ps[i] for i in torch.linspace(0, len(ps) - 1, num_samples).long().tolist()]
-        if len(set(map(len, ps))) > 1:
-            raise ValueError(f"the val prompts of {data_dir} have different lengths")
-        return torch.tensor(ps), None
+def prompts_for(data_dir, T, num_samples, prompt_len, split="val"):
+    """(num_samples prompts, what follows them), evenly spaced over a split: the starts of val windows
+    of T tokens and the windows themselves, or, for an SFT dataset, the prompts of its records (all of
+    one length, e.g. shakespeare_speech, sort) and their responses."""
+    if os.path.exists(os.path.join(data_dir, f"{split}_sft.pkl")):
+        records = load_sft(data_dir, split, 10**9)
+        records = [records[i] for i in torch.linspace(0, len(records) - 1, num_samples).long().tolist()]
+        if len({len(p) for p, _, _ in records}) > 1 or any(h for _, _, h in records):
+            raise ValueError(f"the {split} prompts of {data_dir} must all have one length and no holes")
+        return torch.tensor([p for p, _, _ in records]), [r for _, r, _ in records]
     w = val_windows(data_dir, T)
     if len(w) == 0:
         raise ValueError(f"the val split of {data_dir} is shorter than {T} tokens")
@@ -197,6 +213,7 @@ if __name__ == "__main__":
     config_keys = [k for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str))]
     globals().update(configure({k: globals()[k] for k in config_keys}))
     check(globals(), dict(what=one_of("samplers", "fast", "fewstep"), num_samples=POSITIVE, prompt_len=POSITIVE,
+                          split=one_of("train", "val", "test"),
                           gen_length=POSITIVE, lengths=rule(parse_lengths, "comma-separated positive integers"),
                           step_counts=rule(parse_lengths, "comma-separated positive integers"),
                           temperature=NON_NEGATIVE, block_length=POSITIVE, threshold=UNIT, factor=NON_NEGATIVE,
@@ -235,12 +252,25 @@ if __name__ == "__main__":
               f"{entropy(real, prompt_len):.3f}. Judge: {judge}.")
         sys.exit(0)
     model, ckpt = load_checkpoint(out_dir, device)
-    judge_model, judge_ckpt = load_checkpoint(judge, device, hint="train the judge: python train.py config/judge.py")
-    model.eval(), judge_model.eval()
-    if model.config.causal or model.config.time_cond or not judge_model.config.causal:
-        fail("out_dir must hold a masked diffusion model and judge an autoregressive one (Duo: --what=fewstep)")
-    if not same_tokens(ckpt["meta"], judge_ckpt["meta"]):
-        fail(f"{out_dir} and the judge {judge} were trained on different data")
+    task = ckpt["meta"].get("task")  # a task is scored by its answers: no judge needed
+    if model.config.causal or model.config.time_cond:
+        fail("out_dir must hold a masked diffusion model (Duo: --what=fewstep)")
+    if task and what != "fast":
+        fail(f"{out_dir} was trained on a task ({task}): --what=fast, or eval.py --mode=accuracy")
+    if not task:
+        judge_model, judge_ckpt = load_checkpoint(judge, device, hint="train the judge: python train.py config/judge.py")
+        if not judge_model.config.causal:
+            fail(f"the judge {judge} must be an autoregressive model")
+        if not same_tokens(ckpt["meta"], judge_ckpt["meta"]):
+            fail(f"{out_dir} and the judge {judge} were trained on different data")
+        judge_model.eval()
+    ar_model = None
+    if ar_out_dir:
+        ar_model, ar_ckpt = load_checkpoint(ar_out_dir, device)
+        if not ar_model.config.causal or not same_tokens(ar_ckpt["meta"], ckpt["meta"]):
+            fail(f"--ar_out_dir={ar_out_dir} must hold an AR model trained on {out_dir}'s data")
+        ar_model.eval()
+    model.eval()
     data_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", ckpt["config"]["dataset"])
     if not any(os.path.isfile(os.path.join(data_dir, f)) for f in ("val.bin", "val_sft.pkl")):
         fail(f"{out_dir}'s dataset {data_dir} is not prepared")
@@ -253,23 +283,24 @@ if __name__ == "__main__":
                 fail(f"prompt_len + gen_length exceeds the model's context of {model.config.block_size}")
             prompts, real = prompts_for(data_dir, prompt_len + gen_length, num_samples, prompt_len)
             bench_samplers(model, judge_model, prompts.to(device), gen_length, eta=eta, **opts)
-            if real is not None:
+            if torch.is_tensor(real):
                 real = real.to(device)
                 print(f"\n{len(prompts)} samples of {gen_length} tokens after {prompt_len}-token val prompts, "
                       f"temperature {temperature}; val text: gen PPL {gen_ppl(judge_model, real, prompt_len):.2f}, "
                       f"entropy {entropy(real, prompt_len):.3f}")
         else:
-            prompts, _ = prompts_for(data_dir, prompt_len + max(Ls), num_samples, prompt_len)
+            prompts, follow = prompts_for(data_dir, prompt_len + max(Ls), num_samples, prompt_len, split)
             P = prompts.size(1)
             Ls = [L for L in Ls if P + L <= model.config.block_size]
             if not Ls:
                 fail(f"no length in {lengths} fits the model's context of {model.config.block_size} with a "
                      f"{P}-token prompt")
-            bench_fast(model, judge_model, prompts.to(device), Ls, threshold=threshold, factor=factor, **opts)
+            bench_fast(model, None if task else judge_model, prompts.to(device), Ls, threshold=threshold,
+                       factor=factor, answers=follow if task else None, ar_model=ar_model, **opts)
             print(f"\n{len(prompts)} prompts of {P} tokens, one at a time; steps = L, blocks of {block_length}, "
                   f"temperature {temperature}, low-confidence remasking; tok/s: generated tokens before the first EOS "
                   f"per second; speed-up: over the baseline's tok/s in this run; agree: the fraction of generated "
-                  f"positions equal to the baseline's. Judge: {judge}. Device: {device}, "
-                  f"{torch.get_num_threads()} threads.")
+                  f"positions equal to the baseline's. {'Task: ' + task + ', ' + split + ' split' if task else 'Judge: ' + judge}. "
+                  f"Device: {device}, {torch.get_num_threads()} threads.")
     except ValueError as e:
         fail(e)

@@ -146,7 +146,8 @@ def answer_records(model, records, meta, *, batch_size=64, gen_length=0, generat
     """Every record answered by the model: (answers, targets, NFE per record, seconds). An answer is what
     the model wrote: for a diffusion model the prompt with its holes filled (infilling records) then the
     generated tokens up to the first EOS; for an AR model (tokenizer.as_pair) its tokens up to EOS. The
-    target is the same for the data. gen_length: tokens after each prompt (0: the longest response + 1).
+    target is the same for the data. gen_length: tokens after each prompt (0: the longest response + 1,
+    as the rows of training end: an infilling record's canvas then ends with the slot of its EOS).
     opts: sample.sample's sampler options (an AR model decodes greedily at opts' temperature)."""
     m, eos = meta["mask_id"], meta["eos_id"]
     answers, targets, nfe, t0 = [], [], 0.0, time.perf_counter()
@@ -154,7 +155,7 @@ def answer_records(model, records, meta, *, batch_size=64, gen_length=0, generat
     for j in tqdm(range(0, len(order), batch_size), desc="answering", unit="batch", leave=False):
         batch = [records[i] for i in order[j:j + batch_size]]
         pairs = [as_pair(r, m) for r in batch]
-        L = gen_length or (max(len(r) for _, r, _ in batch) + 1 if any(r for _, r, _ in batch) else 0)
+        L = gen_length or max(len(r) for _, r, _ in batch) + 1  # the longest answer and its EOS, as in training
         if model.config.causal:
             x, pad = left_pad([p for p, _ in pairs], eos)
             T = max(len(a) for _, a in pairs) + 1
@@ -253,10 +254,11 @@ def accuracy_main():
             for i in chosen[0].nonzero().flatten().tolist():
                 steps_at[i] = k[0]
         kw = dict(opts)
+        answer_len = L or max(len(r) for _, r, _ in records) + 1
         if not model.config.causal and not kw["steps"]:  # one token per step: every hole and generated token
-            kw["steps"] = (L or max(len(r) + 1 if r else 0 for _, r, _ in records)) + max(len(h) for _, _, h in records)
-        if kw["block_length"] == 0:
-            kw["block_length"] = L or max(len(r) + 1 if r else 0 for _, r, _ in records) or 1
+            kw["steps"] = answer_len + max(len(h) for _, _, h in records)
+        if kw["block_length"] == 0:  # one block
+            kw["block_length"] = answer_len
         try:
             answers, targets, nfe, secs = answer_records(model, records, meta, batch_size=batch_size,
                                                          gen_length=L, generator=g,

@@ -38,6 +38,11 @@ class GPTConfig:
     time_cond: bool = False  # True: conditioned on the noise level sigma (uniform-state diffusion, duo.py)
 
 
+# dense bf16 (V100, T4: fp16) tensor-core peaks in FLOP/s, matched by substring of the device name
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12, "A10": 125e12,
+              "L4": 121e12, "4090": 165e12, "3090": 71e12, "V100": 125e12, "T4": 65e12}
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim, eps=1e-6):
         super().__init__()
@@ -166,6 +171,18 @@ class GPT(nn.Module):
     def num_params(self):
         return sum(p.numel() for p in self.parameters())  # tied weights are counted once
 
+    def flops_per_token(self, T):
+        """Training FLOPs per token at context T, forward + backward (PaLM appendix B, as nanoGPT): 6 per
+        weight (2 forward, 4 backward; the tied embedding counted once, as the output layer) plus the
+        attention scores and their mix of the values, 2 x 2 x n_layer x n_embd x T forward, x3 with backward."""
+        return 6 * self.num_params() + 12 * self.config.n_layer * self.config.n_embd * T
+
+    def estimate_mfu(self, tokens_per_s, T, device_name):
+        """Model FLOPs utilisation of one device, against its dense bf16 peak (fp16 for GPUs without
+        bf16), or None for a device not in PEAK_FLOPS (a CPU)."""
+        peak = next((v for k, v in PEAK_FLOPS.items() if k in device_name), None)
+        return None if peak is None else self.flops_per_token(T) * tokens_per_s / peak
+
     def forward(self, idx, start=0, kv=None, pos=None, key_mask=None, return_kv=False, sigma=None):
         """
         idx: (B, n) token ids at canvas positions start..start+n-1, or (B, n, K) probabilities over the
@@ -184,7 +201,10 @@ class GPT(nn.Module):
             cos, sin = self.cos[start:start + n], self.sin[start:start + n]
         else:
             cos, sin = self.cos[pos][:, None], self.sin[pos][:, None]  # (B, 1, n, D/2)
-        x = idx @ self.wte.weight[:idx.size(-1)] if idx.is_floating_point() else self.wte(idx)  # (B, n, C)
+        if idx.is_floating_point():  # (B, n, K) probabilities: their mix of the first K embeddings
+            x = (idx @ self.wte.weight[:idx.size(-1)]).to(self.wte.weight.dtype)  # float32, like a lookup, under autocast
+        else:
+            x = self.wte(idx)  # (B, n, C)
         x = self.drop(x)
         if self.config.time_cond and sigma is None:
             raise ValueError("a time-conditioned model needs the noise level sigma")
@@ -207,9 +227,10 @@ class GPT(nn.Module):
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **({"fused": True} if fused else {}))
 
 
-def load_checkpoint(path, device="cpu", hint="train one first: python train.py config/shakespeare.py"):
+def load_checkpoint(path, device="cpu", hint="train one first: python train.py config/shakespeare.py", ema=True):
     """(model, ckpt) from a ckpt.pt written by train.py, loaded with weights_only=True (a checkpoint is
-    untrusted input). A missing, unreadable or incomplete file stops the program with one line."""
+    untrusted input), with its EMA weights when it has them (ema=False: the raw weights, to resume).
+    A missing, unreadable or incomplete file stops the program with one line."""
     if os.path.isdir(path):
         path = os.path.join(path, "ckpt.pt")
     if not os.path.isfile(path):
@@ -217,7 +238,7 @@ def load_checkpoint(path, device="cpu", hint="train one first: python train.py c
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
         model = GPT(GPTConfig(**ckpt["model_args"]))
-        model.load_state_dict(ckpt["model"])
+        model.load_state_dict(ckpt["ema"] if ema and "ema" in ckpt else ckpt["model"])
         meta, config = ckpt["meta"], ckpt["config"]  # what sample.py, eval.py and train.py read
         assert isinstance(config, dict) and meta["mask_id"] == model.config.mask_id and \
             meta["vocab_size"] == model.config.vocab_size and meta["tokenizer"], "inconsistent meta"

@@ -50,6 +50,7 @@ eval_interval = 250     # evaluate (and checkpoint) every this many steps, and a
 eval_iters = 20         # val batches per evaluation: the same windows and masks every time
 log_interval = 0        # >0: also print the training loss every this many steps
 always_save_checkpoint = True  # False: save only when val improves
+ema_decay = 0.0         # >0: keep an exponential moving average of the weights (0.9999 in MDLM/Duo), evaluated and saved
 eval_only = False
 overwrite = False       # a run from scratch (or a fine-tune) may replace a checkpoint already in out_dir
 # data
@@ -106,7 +107,7 @@ check(config, dict(
     grad_clip=NON_NEGATIVE, warmup_iters=NON_NEGATIVE, lr_decay_iters=NON_NEGATIVE,
     min_lr=rule(lambda v: 0 <= v <= learning_rate, f"in [0, learning_rate={learning_rate}]"),
     dtype=one_of("float32", "bfloat16"), seed=NON_NEGATIVE, curriculum_iters=NON_NEGATIVE,
-    tau=POSITIVE, dcd_delta=rule(lambda v: 0 < v < 1, "in (0, 1)"), dcd_round_iters=POSITIVE))
+    tau=POSITIVE, ema_decay=UNIT_OPEN, dcd_delta=rule(lambda v: 0 < v < 1, "in (0, 1)"), dcd_round_iters=POSITIVE))
 for keys, applies in [(("schedule", "masking", "train_loss"), ("mdlm",)), (("curriculum_iters", "tau"), ("duo",)),
                       (("dcd_delta", "dcd_round_iters"), ("dcd",))]:
     for key in keys:
@@ -235,15 +236,16 @@ def get_batch(split, step, n, stream=0):
 
 
 @torch.no_grad()
-def estimate_val():
-    """Val loss on fixed rows and noise: the exact NLL of an AR model, the NLL bound of a diffusion one."""
-    raw_model.eval()  # the bare module: only the master evaluates, outside DDP
+def estimate_val(m):
+    """Val loss of model m on fixed rows and noise: the exact NLL of an AR model, the NLL bound of a
+    diffusion one. m: the bare module (only the master evaluates, outside DDP) or its EMA."""
+    m.eval()
     losses = []
     for k in range(eval_iters):
         with ctx:
             batch = [b.to(device) for b in get_batch("val", k, batch_size, stream=1)]
-            losses.append(val_loss_fn(raw_model, batch).item())
-    raw_model.train()
+            losses.append(val_loss_fn(m, batch).item())
+    m.train()
     return sum(losses) / len(losses)
 
 
@@ -279,7 +281,7 @@ def from_checkpoint(path):
     """(model, ckpt) of a checkpoint this run resumes or fine-tunes, refused in one line unless it fits
     the options: the model keeps its objective and shape, so an option that says otherwise is a mistake
     (it would be ignored and then written into the new checkpoint's config)."""
-    model, ck = load_checkpoint(path, device)
+    model, ck = load_checkpoint(path, device, ema=init_from != "resume")  # resume the raw weights, fine-tune the EMA
     was = ck["config"].get("objective")
     if model.config.causal != (objective == "ar") or model.config.time_cond != (objective in ("duo", "dcd")):
         fail(f"{path} was trained with objective={was}, not --objective={objective}")
@@ -318,10 +320,15 @@ if init_from == "resume":
     try:
         optimizer.load_state_dict(ckpt["optimizer"])
         ckpt_teacher = ckpt["teacher"] if objective == "dcd" else None
+        ckpt_ema = ckpt["ema"] if ema_decay else None
     except (KeyError, TypeError, ValueError) as e:
         fail(f"{ckpt_path} is not a checkpoint train.py can resume ({type(e).__name__}: {e})")
     del ckpt
 raw_model = model
+if ema_decay:  # a float32 copy of the weights, averaged over the steps (MDLM and Duo train with 0.9999)
+    ema_model = copy.deepcopy(raw_model).float().requires_grad_(False)
+    if init_from == "resume":
+        ema_model.load_state_dict(ckpt_ema)
 if objective == "dcd":  # the teacher: the student as it was at the start of the round (resumed from the checkpoint)
     teacher = copy.deepcopy(raw_model).eval().requires_grad_(False)
     if init_from == "resume":
@@ -352,8 +359,9 @@ while True:
     for group in optimizer.param_groups:
         group["lr"] = lr
     if master and (iter_num % eval_interval == 0 or iter_num >= max_iters or eval_only):
-        final_val = estimate_val()
-        tqdm.write(f"step {iter_num}: {fmt_val(final_val)}")
+        final_val = estimate_val(ema_model if ema_decay else raw_model)  # the EMA is the model that is kept
+        raw_note = f" (EMA weights; the raw weights: {estimate_val(raw_model):.4f})" if ema_decay else ""
+        tqdm.write(f"step {iter_num}: {fmt_val(final_val)}{raw_note}")
         if eval_only:
             break
         if final_val < best_val or always_save_checkpoint:
@@ -364,6 +372,8 @@ while True:
                             tokens=tokens, train_time=prev_time + time.time() - t0, config=config, meta=meta)
                 if objective == "dcd":
                     ckpt["teacher"] = teacher.state_dict()
+                if ema_decay:  # sample.py and eval.py use these weights (model.load_checkpoint)
+                    ckpt["ema"] = ema_model.state_dict()
                 torch.save(ckpt, ckpt_path + ".tmp")
                 os.replace(ckpt_path + ".tmp", ckpt_path)  # never leave a half-written checkpoint
     if iter_num >= max_iters or eval_only:
@@ -383,6 +393,9 @@ while True:
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
+    if ema_decay:  # ema <- decay * ema + (1 - decay) * weights, in float32
+        for e, p in zip(ema_model.parameters(), raw_model.parameters()):
+            e.lerp_(p.detach().float(), 1 - ema_decay)
 
     iter_num += 1
     tokens += len(batch[0]) * (batch[0].size(1) - shift)  # what the model read: G x block_size, or fewer for SFT rows
@@ -392,14 +405,19 @@ while True:
         if log_interval and iter_num % log_interval == 0:
             tqdm.write(f"iter {iter_num}: loss {lossf:.6f}")
         tok_s = (tokens - start_tokens) / (time.time() - t0)
-        pbar.set_postfix_str(f"loss {loss_ema:.4f}, {tok_s:,.0f} tok/s, lr {lr:.1e}", refresh=False)
+        mfu = raw_model.estimate_mfu(tok_s / world, block_size, torch.cuda.get_device_name() if device_type == "cuda" else "")
+        pbar.set_postfix_str(f"loss {loss_ema:.4f}, {tok_s:,.0f} tok/s" + (f", MFU {100 * mfu:.1f}%" if mfu else "")
+                             + f", lr {lr:.1e}", refresh=False)
         pbar.update(1)
 pbar.close()
 
 if master:
     wall = time.time() - t0
+    tok_s = (tokens - start_tokens) / wall
+    mfu = raw_model.estimate_mfu(tok_s / world, block_size, torch.cuda.get_device_name() if device_type == "cuda" else "")
     print(f"done: {fmt_val(final_val)} (best {best_val:.4f}) | {iter_num} iters | "
-          f"{tokens / 1e6:.1f}M tokens seen | {wall / 60:.1f} min")
+          f"{tokens / 1e6:.1f}M tokens seen | {wall / 60:.1f} min | {tok_s:,.0f} tok/s"
+          + (f", MFU {100 * mfu:.1f}%" if mfu else ""))
 if ddp:
     barrier()  # wait for the master's last evaluation and checkpoint: a rank that leaves early aborts gloo
     destroy_process_group()

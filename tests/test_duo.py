@@ -25,6 +25,21 @@ def udlm_integrand(p, x, z, a, da):
     return -da / (K * a) * (K / xb_p[z] - K / xb[z] + s)
 
 
+@pytest.mark.parametrize("K", [2, 7, 65])
+def test_the_bound_of_a_uniform_model_is_exactly_log_k(K):
+    # A model predicting p = uniform makes the plug-in reverse step the true one for uniform data, so the
+    # bound is tight: the NELBO integrated over t in [0, 1] (z = x w.p. alpha + (1 - alpha)/K) plus the
+    # prior term is log K. Checks nelbo(), the schedule and prior_kl together, by quadrature.
+    t = torch.cat([torch.logspace(-14, -1, 20001, dtype=torch.float64)[:-1],
+                   torch.linspace(0.1, 1, 20001, dtype=torch.float64)])
+    a, da = duo.alpha(t)
+    x0, z = torch.zeros(len(t), 2, dtype=torch.long), torch.tensor([0, 1]).expand(len(t), 2)  # z = x, z != x
+    f = duo.nelbo(logits_of(torch.full((len(t), 2, K), 1 / K, dtype=torch.float64)), x0, z, a, da).double()
+    p_eq = a + (1 - a) / K
+    bound = torch.trapezoid(p_eq * f[:, 0] + (1 - p_eq) * f[:, 1], t).item() + duo.prior_kl(K)
+    assert abs(bound - math.log(K)) < 1e-5, (bound, math.log(K))
+
+
 def test_forward_marginal_is_alpha_onehot_plus_uniform():
     K, n = 5, 200000
     x0 = torch.full((4, n), 2)

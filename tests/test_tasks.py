@@ -151,9 +151,9 @@ def test_sort_files(tmp_path):
     for rec in sum(splits, []):
         assert type(rec) is tuple and len(rec) == 2 and is_ids(rec[0], 12) and is_ids(rec[1], 12)
         prompt, response = decode(rec[0]), decode(rec[1])
-        assert re.fullmatch(r"(\d\d ){47}\d\d\n", prompt) and re.fullmatch(r"(\d\d ){47}\d\d", response)
+        assert re.fullmatch(r"(\d\d ){42}\d\d\n", prompt) and re.fullmatch(r"(\d\d ){42}\d\d", response)
         assert [int(x) for x in response.split()] == sorted(int(x) for x in prompt.split())
-        assert len(response) == 143
+        assert len(response) == 128  # the default: 43 numbers, an answer of 128 tokens
     # a short list (few possible lists): still all distinct
     _, splits = prepare(tmp_path / "short", "sort", "--n=2", "--n_train=2000", "--n_val=500", "--n_test=500", "--seed=1")
     prompts = [tuple(p) for s in splits for p, _ in s]
@@ -183,3 +183,108 @@ def test_write_is_all_or_nothing(tmp_path):
     assert os.listdir(tmp_path) == ["meta.pkl"] and (tmp_path / "meta.pkl").read_bytes() == b"old"
     write_files(str(tmp_path), {"meta.pkl": b"new", "val.bin": b"1"})
     assert sorted(os.listdir(tmp_path)) == ["meta.pkl", "val.bin"] and (tmp_path / "meta.pkl").read_bytes() == b"new"
+
+
+# -----------------------------------------------------------------------------
+# The accuracy command (eval.py --mode=accuracy): a right answer scores 1, a wrong one 0, for every task
+
+import torch  # noqa: E402
+
+import eval as ev  # noqa: E402
+from tokenizer import as_pair  # noqa: E402
+
+SUDOKU_META = sudoku.char_meta("123456789", "sudoku")
+
+
+def sudoku_record(seed=0):
+    s, p = sudoku.make_puzzle(np.random.default_rng(seed), 45)
+    return [int(d) - 1 for d in s], [], np.flatnonzero(p == 0).tolist()
+
+
+def test_scores_of_hand_made_answers():
+    rec = sudoku_record()
+    sol = rec[0]
+    wrong = list(sol)
+    wrong[rec[2][0]] = (wrong[rec[2][0]] + 1) % 9  # one blank filled wrong
+    assert ev.score([sol], [sol], [rec], SUDOKU_META) == dict(exact=1.0, cells=1.0, valid=1.0)
+    got = ev.score([wrong], [sol], [rec], SUDOKU_META)
+    assert got["exact"] == 0.0 and got["valid"] == 0.0 and got["cells"] == 44 / 45
+    sort_meta = sudoku.char_meta("\n 0123456789", "sort")
+    enc = lambda t: [sort_meta["stoi"][c] for c in t]  # noqa: E731
+    assert ev.score([enc("03 12")], [enc("03 12")], [(enc("12 03\n"), enc("03 12"), [])], sort_meta) == dict(exact=1.0)
+    assert ev.score([enc("12 03")], [enc("03 12")], [(enc("12 03\n"), enc("03 12"), [])], sort_meta) == dict(exact=0.0)
+    gsm = dict(sort_meta, task="gsm8k")  # the number after '####' decides, not the working
+    ref = enc("12 03\n 15")
+    assert ev.score([enc("0 15")], [ref], [([], ref, [])], gsm)["exact"] == 1.0
+    assert ev.score([enc("0 16")], [ref], [([], ref, [])], gsm)["exact"] == 0.0
+
+
+class Oracle(torch.nn.Module):
+    """A 'model' that knows the answer: it predicts the target row at every position (diffusion), or its
+    next token (causal, with the K/V seam ar.generate uses)."""
+
+    def __init__(self, target, V, causal=False):
+        super().__init__()
+        self.target, self.w = torch.tensor(target), torch.nn.Parameter(torch.zeros(1))
+        self.config = type("C", (), {"vocab_size": V, "mask_id": V - 2, "causal": causal, "time_cond": False,
+                                     "block_size": 4 * len(target)})()
+
+    def forward(self, x, start=0, kv=None, pos=None, key_mask=None, return_kv=False, sigma=None):
+        B, n = x.shape
+        idx = torch.arange(start, start + n) + (1 if self.config.causal else 0)
+        tok = self.target[idx.clamp(max=len(self.target) - 1)]
+        logits = torch.full((B, n, self.config.vocab_size), -5.0)
+        logits[:, torch.arange(n), tok] = 5.0
+        logits[..., self.config.mask_id] = float("-inf")
+        return (logits, [(torch.zeros(B, 1, n, 1), torch.zeros(B, 1, n, 1))]) if return_kv else logits
+
+
+def test_the_accuracy_command_scores_an_oracle_one_and_a_wrong_model_zero():
+    meta, eos = SUDOKU_META, SUDOKU_META["eos_id"]
+    rec = sudoku_record(1)
+    answer = rec[0] + [eos]  # the diffusion canvas: the 81 cells, then EOS
+    for right in (True, False):
+        target = answer if right else [(t + 1) % 9 if i in rec[2] else t for i, t in enumerate(rec[0])] + [eos]
+        model = Oracle(target, meta["vocab_size"])
+        a, t, nfe, _ = ev.answer_records(model, [rec], meta, steps=45, block_length=1, temperature=0.0)
+        assert ev.score(a, t, [rec], meta)["exact"] == float(right) and nfe == 45
+        prompt, full = as_pair(rec, meta["mask_id"])  # the AR row: puzzle, solution, EOS
+        ar_target = prompt + (full if right else target[:81]) + [eos]
+        model = Oracle(ar_target, meta["vocab_size"], causal=True)
+        a, t, nfe, _ = ev.answer_records(model, [rec], meta, temperature=0.0)
+        assert ev.score(a, t, [rec], meta)["exact"] == float(right), (a, t)
+    sort_meta = sudoku.char_meta("\n 0123456789", "sort")
+    enc = lambda s: [sort_meta["stoi"][c] for c in s]  # noqa: E731
+    rec = (enc("47 03 12\n"), enc("03 12 47"), [])
+    model = Oracle(rec[0] + rec[1] + [sort_meta["eos_id"]] * 8, sort_meta["vocab_size"])
+    a, t, _, _ = ev.answer_records(model, [rec], sort_meta, steps=16, block_length=16, gen_length=16)
+    assert ev.score(a, t, [rec], sort_meta)["exact"] == 1.0 and a == [rec[1]]
+
+
+@pytest.mark.slow
+def test_gsm8k_prepare(tmp_path):
+    shared = os.path.join(ROOT, "..", "shared")
+    if not os.path.isdir(os.path.join(shared, "data", "gsm8k")) or not os.path.isdir(os.path.join(shared, "tiktoken_cache")):
+        pytest.skip("no offline GSM8K or GPT-2 BPE")
+    src = tmp_path / "src"
+    src.mkdir()
+    for name, n in (("train", 520), ("test", 7)):
+        with open(os.path.join(shared, "data", "gsm8k", f"{name}.jsonl")) as f:
+            (src / f"{name}.jsonl").write_text("".join(f.readlines()[:n]))
+    shutil.copytree(os.path.join(ROOT, "data", "gsm8k"), tmp_path / "data" / "gsm8k", ignore=shutil.ignore_patterns("*.pkl"))
+    shutil.copy(os.path.join(ROOT, "tokenizer.py"), tmp_path)
+    env = {"TIKTOKEN_CACHE_DIR": os.path.join(shared, "tiktoken_cache")}
+    r = run(str(tmp_path / "data" / "gsm8k" / "prepare.py"), str(src), env=env)
+    assert r.returncode == 0, r.stderr
+    folder = tmp_path / "data" / "gsm8k"
+    meta = pickle.load(open(folder / "meta.pkl", "rb"))
+    splits = {s: pickle.load(open(folder / f"{s}_sft.pkl", "rb")) for s in ("train", "val", "test")}
+    assert [len(splits[s]) for s in ("train", "val", "test")] == [20, 500, 7] and meta["task"] == "gsm8k"
+    os.environ.setdefault("TIKTOKEN_CACHE_DIR", env["TIKTOKEN_CACHE_DIR"])
+    _, decode = get_codec(meta)
+    p, resp = splits["test"][0]
+    assert decode(p).startswith("Question: ") and decode(p).endswith("\nAnswer: ") and "####" in decode(resp)
+    assert ev.extract_answer(decode(resp)) == ev.extract_answer(decode(resp).split("####")[-1])
+    (src / "test.jsonl").write_text("not json\n")
+    r = run(str(tmp_path / "data" / "gsm8k" / "prepare.py"), str(src), env=env)
+    assert r.returncode != 0 and "test.jsonl:1" in r.stderr and "Traceback" not in r.stderr

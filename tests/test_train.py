@@ -139,7 +139,7 @@ def test_every_config_runs_a_step_at_a_shrunk_size(tmp_path, config):
     dataset = dataset.group(1) if dataset else "shakespeare_char"
     if not os.path.exists(os.path.join(ROOT, "data", dataset, "meta.pkl")):
         pytest.skip(f"data/{dataset} is not prepared")
-    shrunk = ["--max_iters=1", "--eval_iters=1", "--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=64",
+    shrunk = ["--max_iters=1", "--eval_iters=1", "--n_layer=1", "--n_head=2", "--n_embd=32",
               "--batch_size=2"]
     init = "--init_from=scratch"
     if 'objective = "dcd"' in text:  # distillation starts from a Duo model: a shrunk one
@@ -297,3 +297,19 @@ def test_sft_fine_tune_learns_to_stop(tiny_data, tmp_path):
     one_line_error(run("train.py", f"--dataset={tmp_path / 'other'}", f"--init_from={tmp_path / 'pre'}",
                        f"--out_dir={tmp_path / 'x'}", *TINY_TRAIN), "another vocabulary")
     one_line_error(run("train.py", "--init_from=/no/such/ckpt.pt"), "init_from", "not found")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", ["owt_mdlm", "owt_ar", "owt_duo"])
+def test_gpt2_size_configs_run_under_torchrun_at_a_shrunk_size(tmp_path, config):
+    # the 8-GPU recipes, shrunk (1 layer, width 32, context 32, 2 micro-steps per process) and on the BPE
+    # Shakespeare instead of OpenWebText, with their bf16 autocast and EMA, on 2 CPU processes
+    if not os.path.exists(os.path.join(ROOT, "data", "shakespeare", "val.bin")):
+        pytest.skip("data/shakespeare is not prepared")
+    r = torchrun(f"config/{config}.py", "--dataset=shakespeare", f"--out_dir={tmp_path}", "--max_iters=2",
+                 "--eval_iters=1", "--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=2",
+                 "--compile=False", "--gradient_accumulation_steps=4")
+    assert r.returncode == 0, r.stderr
+    assert "8 x 32 tokens per step (2 process(es) x 2 micro-steps x 2)" in r.stdout, r.stdout
+    ck = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    assert ck["iter_num"] == 2 and "ema" in ck and ck["config"]["dtype"] == "bfloat16"

@@ -4,8 +4,8 @@ by comparing it with sorted(). The prompt is N numbers from 00..99 (uniform, rep
 zero-padded, one space apart, ending with a newline; the response is the same numbers in ascending
 order, in the same format without the newline:
     prompt   "47 03 99 ... 12\n"   (3N characters)
-    response "03 12 ... 99"        (3N - 1 characters: 143 for N = 48, more than a 128-token context)
-    python data/sort/prepare.py                                 # 30,000 / 500 / 1,000 lists of 48
+    response "03 12 ... 99"        (3N - 1 characters: 128 for N = 43, the default)
+    python data/sort/prepare.py                                 # 100,000 / 500 / 1,000 lists of 43
     python data/sort/prepare.py --n=16 --n_train=5000 --seed=1
 Options: --n_train --n_val --n_test (counts), --n (numbers per list), --seed. The vocabulary: '\n',
 ' ', '0'..'9' (ids 0..11) + [MASK] (12) + [EOS] (13). Writes train_sft.pkl / val_sft.pkl /
@@ -13,7 +13,6 @@ test_sft.pkl (no prompt in two of them) and meta.pkl.
 """
 
 import os
-import pickle
 import sys
 import time
 
@@ -21,9 +20,9 @@ import numpy as np
 
 here = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(here, "..", "sudoku"))
-from prepare import char_meta, parse_args, split_counts, to_int, write_files  # noqa: E402  (same CLI and writer)
+from prepare import char_meta, parse_args, split_counts, to_int, write_splits  # noqa: E402  (same CLI and writer)
 
-DEFAULTS = dict(n_train=30000, n_val=500, n_test=1000, n=48, seed=1337)
+DEFAULTS = dict(n_train=100000, n_val=500, n_test=1000, n=43, seed=1337)
 
 
 def as_text(numbers, end=""):
@@ -58,11 +57,7 @@ if __name__ == "__main__":
     if not (len({p for p, _ in texts}) == total and all(len(p) == 3 * n and len(r) == 3 * n - 1 for p, r in texts)
             and all(sorted(p.split()) == r.split() for p, r in texts)):
         raise RuntimeError("a generated list failed its check")
-    files, start = {"meta.pkl": pickle.dumps(meta)}, 0
-    for split, k in counts.items():
-        files[f"{split}_sft.pkl"] = pickle.dumps(records[start:start + k])
-        start += k
-    write_files(here, files)
+    write_splits(here, meta, records, counts)
 
     if total:
         print(f"prompt:   {texts[0][0][:60]}...\nresponse: {texts[0][1][:60]}...")
