@@ -1,11 +1,13 @@
 import pytest
 import torch
 
+import ar as ar_module
 import bench
 import fast_sample
 import sample
 from conftest import TINY_TRAIN, run, tiny_model
 from eval import entropy, gen_ppl, generated
+from sample import cut_at_eos
 
 EOS = 10
 
@@ -116,3 +118,46 @@ def test_bench_cli(tiny_data, tiny_judge, tmp_path):
     assert len(rows(r.stdout)) == 3 * 5 + 4 * 2 and "val text: gen PPL" in r.stdout
     r = run("bench.py", "--what=fast", "--lengths=64", *common)
     assert r.returncode != 0 and "no length" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_fast_table_on_a_task_has_accuracy_and_an_ar_row(capsys):
+    model, ar_model = tiny_model(T=40), tiny_model(causal=True, T=40)
+    prompts = torch.randint(0, 10, (3, 8), generator=torch.Generator().manual_seed(2))
+    kw = dict(steps=16, gen_length=16, block_length=8, temperature=0.0, eos_id=EOS)
+    base, _ = per_prompt(lambda x, g: sample.generate(model, x, generator=g, **kw), prompts, 5)
+    answers = [cut_at_eos(base[0, 8:].tolist(), EOS, 0), [4, 5], [6]]  # the baseline gets the first one right
+    bench.bench_fast(model, None, prompts, [16], block_length=8, temperature=0.0, threshold=0.2, seed=5, eos=EOS,
+                     answers=answers, ar_model=ar_model)
+    table = rows(capsys.readouterr().out)
+    assert [r[1] for r in table][-1] == "AR greedy + K/V cache (ar.py)" and len(table) == 9
+    for L, name, tok_s, nfe, speedup, tokens, acc, agree in table:
+        if name.startswith("AR"):
+            samples, _ = per_prompt(lambda x, g: (ar_module.generate(ar_model, x, 16, 0.0, g, eos_id=EOS), 0), prompts, 5)
+            n_tok = generated(samples, 8, EOS).sum(1)
+            assert float(nfe) == round((n_tok + 1).clamp(max=16).float().mean().item(), 1)
+        elif name.startswith("baseline"):
+            samples = base
+            assert acc == "33.3%"
+        else:
+            continue
+        right = [cut_at_eos(row[8:], EOS, 0) == a for row, a in zip(samples.tolist(), answers)]
+        assert acc == f"{100 * sum(right) / 3:.1f}%"
+
+
+def test_fewstep_table_matches_a_recomputation(capsys):
+    mdlm, duo_model, judge = tiny_model(T=40), tiny_model(T=40, time_cond=True), tiny_model(causal=True, T=40)
+    prompts = torch.randint(0, 10, (4, 8), generator=torch.Generator().manual_seed(3))
+    bench.bench_fewstep([("m", mdlm), ("d", duo_model)], judge, prompts, 16, [2, 8], temperature=1.0, seed=9)
+    table = rows(capsys.readouterr().out)
+    assert [(r[0], r[1], r[2]) for r in table] == [("m", "mdlm ancestral", "2"), ("m", "mdlm ancestral", "8"),
+                                                   ("d", "duo, greedy tail", "2"), ("d", "duo, greedy tail", "8")]
+    import duo
+    for name, kind, steps, nfe, ppl, h, secs in table:
+        g = torch.Generator().manual_seed(9)
+        if name == "d":
+            samples, n = duo.generate(duo_model, prompts, steps=int(steps), gen_length=16, temperature=1.0, generator=g)
+        else:
+            samples, n = sample.generate_ancestral(mdlm, prompts, steps=int(steps), gen_length=16, temperature=1.0,
+                                                   generator=g)
+        assert float(nfe) == round(n, 1) and float(ppl) == round(gen_ppl(judge, samples, 8), 2)
+        assert float(h) == round(entropy(samples, 8), 3)
