@@ -7,8 +7,6 @@ the SFT data contract (sft_rows).
 import os
 import pickle
 
-import torch
-
 MASK_GLYPH = "_"  # how a [MASK] is drawn when a canvas is decoded
 
 
@@ -121,6 +119,7 @@ def sft_rows(records, block_size, eos_id, generator=None, mask_id=None, causal=F
     every length and stops wherever a sampling canvas ends.
     causal=True (AR): as_pair's prompt + answer + one EOS, padded with EOS to the longest row; 'maskable'
     marks the tokens that are scored as next-token targets: the answer and its EOS."""
+    import torch  # here, not at the top: the prepare scripts use this file's writer without loading torch
     if causal:
         rows = [(p, (p + a + [eos_id])[:block_size]) for p, a in (as_pair(rec, mask_id) for rec in records)]
         T = max(len(row) for _, row in rows)

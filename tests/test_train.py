@@ -131,7 +131,8 @@ def test_quick_start_config_under_torchrun_as_written(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("config", sorted(f for f in os.listdir(os.path.join(ROOT, "config")) if f.endswith(".py")))
+@pytest.mark.parametrize("config", sorted(f for f in os.listdir(os.path.join(ROOT, "config"))  # owt_*: below, torchrun
+                                           if f.endswith(".py") and not f.startswith("owt_")))
 def test_every_config_runs_a_step_at_a_shrunk_size(tmp_path, config):
     with open(os.path.join(ROOT, "config", config)) as f:
         text = f.read()
