@@ -212,8 +212,6 @@ if __name__ == "__main__":
                           cfg_scale=NON_NEGATIVE, eta=UNIT, cache=one_of(*fast_sample.CACHES), threshold=UNIT,
                           factor=NON_NEGATIVE, top_k=NON_NEGATIVE, top_p=rule(lambda v: 0 < v <= 1, "in (0, 1]"),
                           seed=NON_NEGATIVE))
-    if gen_length and gen_length % block_length:
-        fail(f"--gen_length={gen_length} must be a multiple of --block_length={block_length}")
     if fast and (sampler != "llada" or cfg_scale > 0):
         fail("--fast accelerates the llada sampler without guidance (sampler=llada, cfg_scale=0)")
     check_device(device)
@@ -250,6 +248,8 @@ if __name__ == "__main__":
     if gen_length == 0 and m not in ids:
         fail("nothing to generate: gen_length is 0 and the prompt has no [MASK]")
     steps = steps or gen_length or ids.count(m)
+    if kind == "mdlm" and sampler == "llada" and gen_length % block_length:  # only LLaDA's sampler has blocks
+        fail(f"--gen_length={gen_length} must be a multiple of --block_length={block_length}")
     n_blocks = gen_length // block_length if gen_length else 1
     if kind == "mdlm" and sampler == "llada" and steps % n_blocks:
         fail(f"--steps={steps} must be a multiple of the {n_blocks} blocks (gen_length / block_length)")

@@ -58,7 +58,7 @@ TABLE = [
     ("train.py", [*T, "--out_dir={tmp}/a", "--init_from=/no/such/ckpt.pt"], "--init_from"),
     ("train.py", [*TINY_TRAIN, "--dataset={bad_meta}", "--out_dir={tmp}/a"], "not a valid meta.pkl"),
     ("train.py", [*TINY_TRAIN, "--dataset={short}", "--out_dir={tmp}/a"], "too few"),
-    ("train.py", [*TINY_TRAIN, "--dataset={sft}", "--out_dir={tmp}/a", "--objective=ar"], "objective=mdlm"),
+    ("train.py", [*TINY_TRAIN, "--dataset={sft}", "--out_dir={tmp}/a", "--objective=duo"], "[MASK] as the last id"),
     ("train.py", ["--dataset=nowhere", "--out_dir={tmp}/a"], "unknown dataset"),
     ("sample.py", ["--out_dir={ckpt}", "--steps=-1"], "--steps=-1"),
     ("sample.py", ["--out_dir={ckpt}", "--block_length=-8"], "--block_length=-8"),

@@ -288,8 +288,8 @@ def test_cli(tiny_data, tmp_path):
     assert all(s.startswith("the cat") and len(s) == 7 + 16 + 1 for s in samples) and "fast prefix cache" in r.stderr
     for args, words in [(["--prompt=the cat!"], "not in the vocabulary"),
                         (["--gen_length=32"], "exceeds the model's context"),
-                        (["--gen_length=12", "--block_length=8"], "not divisible"),
-                        (["--remasking=best"], "remasking must be one of"),
+                        (["--gen_length=12", "--block_length=8"], "must be a multiple of --block_length=8"),
+                        (["--remasking=best"], "--remasking='best' is not allowed"),
                         (["--gen_length=0"], "nothing to generate"),
                         (["--prompt=FILE:/no/such/file"], "not found")]:
         r = run("sample.py", f"--out_dir={out}", *args)

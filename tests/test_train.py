@@ -230,7 +230,7 @@ def test_sft_rows_of_infilling_records_and_for_an_autoregressive_model():
 def test_bad_input_is_one_clear_line(tiny_data, tmp_path):
     one_line_error(run("train.py", "--no_such_key=3"), "unknown config key", "no_such_key")
     one_line_error(run("train.py", "--batch_size=big"), "batch_size must be int")
-    one_line_error(run("train.py", "--objective=gan"), "objective must be one of")
+    one_line_error(run("train.py", "--objective=gan"), "--objective='gan'", "must be one of")
     one_line_error(run("train.py", "config/missing.py"), "not found")
     one_line_error(run("train.py", "--dataset=nowhere"), "unknown dataset", "nowhere")
     one_line_error(run("train.py", f"--dataset={tiny_data}", f"--out_dir={tmp_path}", "--init_from=resume"),
