@@ -1,3 +1,4 @@
+import hashlib
 import importlib.util
 import os
 import subprocess
@@ -41,6 +42,16 @@ def tiny_data(tmp_path_factory):
 
 TINY_TRAIN = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=8",
               "--eval_iters=2", "--warmup_iters=2", "--learning_rate=3e-3", "--min_lr=3e-4"]
+
+
+def digest(folder):
+    """{path: sha256} of every file below folder: what a failing command must leave as it was."""
+    out = {}
+    for root, _, files in os.walk(folder):
+        for f in files:
+            with open(os.path.join(root, f), "rb") as fh:
+                out[os.path.join(root, f)] = hashlib.sha256(fh.read()).hexdigest()
+    return out
 
 
 def run(script, *args, env=None, timeout=300):

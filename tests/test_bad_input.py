@@ -4,7 +4,6 @@ exit with an error code and one clear line naming what is wrong, without a trace
 file that existed before unchanged. The table grows whenever an option is added.
 Then the two ways work used to be lost, and the edge inputs that must keep working.
 """
-import hashlib
 import os
 import pickle
 import shutil
@@ -14,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
-from conftest import ROOT, TINY_TRAIN, run
+from conftest import ROOT, TINY_TRAIN, digest, run
 
 pytestmark = pytest.mark.slow
 
@@ -110,16 +109,6 @@ TABLE = [
     ("{prep}/shakespeare_speech/prepare.py", ["{file}"], "speeches"),
     ("{prep}/shakespeare_speech/prepare.py", ["{empty}"], "empty"),
 ]
-
-
-def digest(folder):
-    """{path: sha256} of every file below folder: what a failing command must leave as it was."""
-    out = {}
-    for root, _, files in os.walk(folder):
-        for f in files:
-            with open(os.path.join(root, f), "rb") as fh:
-                out[os.path.join(root, f)] = hashlib.sha256(fh.read()).hexdigest()
-    return out
 
 
 @pytest.fixture(scope="module")

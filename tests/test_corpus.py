@@ -3,7 +3,6 @@ data/corpus/prepare.py and data/openwebtext/prepare.py: a folder of .txt and .js
 train.bin + val.bin give back exactly its documents, each followed by one EOT, whatever the number of
 workers; bad input stops with one line and changes nothing. The scripts run from a copy of data/.
 """
-import hashlib
 import importlib.util
 import json
 import math
@@ -15,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from conftest import ROOT, run
+from conftest import ROOT, digest, run
 
 SHARED_BPE = os.path.join(ROOT, "..", "shared", "tiktoken_cache")
 BPE_ENV = {"TIKTOKEN_CACHE_DIR": os.environ.get("TIKTOKEN_CACHE_DIR", SHARED_BPE)}
@@ -85,15 +84,6 @@ def documents(ids):
     starts = [0] + [e + 1 for e in ends[:-1]]
     assert all(e > s for s, e in zip(starts, ends)), "an empty document, or two EOTs in a row"
     return [enc.decode(ids[s:e]) for s, e in zip(starts, ends)]
-
-
-def digest(folder):
-    out = {}
-    for root, _, files in os.walk(folder):
-        for f in files:
-            with open(os.path.join(root, f), "rb") as fh:
-                out[os.path.join(root, f)] = hashlib.sha256(fh.read()).hexdigest()
-    return out
 
 
 # ------------------------------------------------------------------ fast: the functions, in-process
