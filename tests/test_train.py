@@ -150,6 +150,11 @@ def test_every_config_runs_a_step_at_a_shrunk_size(tmp_path, config):
     r = run("train.py", f"config/{config}", f"--out_dir={tmp_path / 'out'}", init, *shrunk)
     assert r.returncode == 0, r.stderr
     assert torch.load(tmp_path / "out" / "ckpt.pt", weights_only=True)["config"]["dataset"] == dataset
+    # the variants the file's comment gives (config/sudoku.py --objective=ar ...) run as written too
+    for i, extra in enumerate(re.findall(rf"^#\s+python train.py config/{config} (--.*?)(?:#|$)", text, re.M)):
+        extra = [a for a in extra.split() if not a.startswith("--out_dir=")]
+        r = run("train.py", f"config/{config}", *extra, f"--out_dir={tmp_path / str(i)}", init, *shrunk)
+        assert r.returncode == 0, (extra, r.stderr)
 
 
 @pytest.fixture(scope="module")
