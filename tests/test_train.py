@@ -237,7 +237,7 @@ def test_bad_input_is_one_clear_line(tiny_data, tmp_path):
     one_line_error(run("train.py", "--batch_size=big"), "batch_size must be int")
     one_line_error(run("train.py", "--objective=gan"), "--objective='gan'", "must be one of")
     one_line_error(run("train.py", "config/missing.py"), "not found")
-    one_line_error(run("train.py", "--dataset=nowhere"), "unknown dataset", "nowhere")
+    one_line_error(run("train.py", "--dataset=nowhere", f"--out_dir={tmp_path / 'new'}"), "unknown dataset", "nowhere")
     one_line_error(run("train.py", f"--dataset={tiny_data}", f"--out_dir={tmp_path}", "--init_from=resume"),
                    "checkpoint", "not found")
     (tmp_path / "ckpt.pt").write_bytes(b"this is not a checkpoint")
