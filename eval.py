@@ -231,10 +231,13 @@ device = "cuda" if torch.cuda.is_available() else "cpu"
 
 def accuracy_main():
     """--mode=accuracy: one row per checkpoint, every record of --split answered and scored."""
-    L = gen_length if gen_length != defaults["gen_length"] else 0  # the table's 112 is not an answer's length
+    # the table's defaults are not the task's: an option not given on the command line takes the task's own
+    # (the table's 112 is not an answer's length; answers are greedy, the most confident cell first)
+    given = {a[2:].split("=")[0] for a in sys.argv[1:] if a.startswith("--")}
+    L = gen_length if "gen_length" in given else 0
     opts = dict(sampler=sampler, fast=fast, cache=cache, threshold=threshold, factor=factor, block_length=block_length,
-                steps=steps, temperature=temperature if temperature != defaults["temperature"] else 0.0,
-                remasking=remasking if remasking != defaults["remasking"] else "low_confidence")
+                steps=steps, temperature=temperature if "temperature" in given else 0.0,
+                remasking=remasking if "remasking" in given else "low_confidence")
     print("| model | sampler | records | exact | cells | valid grids | NFE | answer tok/s |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for out_dir in ckpts.split(","):

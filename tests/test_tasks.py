@@ -288,3 +288,19 @@ def test_gsm8k_prepare(tmp_path):
     (src / "test.jsonl").write_text("not json\n")
     r = run(str(tmp_path / "data" / "gsm8k" / "prepare.py"), str(src), env=env)
     assert r.returncode != 0 and "test.jsonl:1" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.slow
+def test_the_accuracy_command_takes_the_options_given_even_when_they_equal_the_table_defaults(tmp_path):
+    # accuracy's own defaults (greedy, low_confidence, the task's answer length) replace the table's
+    # only for options not given: --remasking=random (the table's default) must still sample randomly
+    prepare(tmp_path, "sort", "--n=3", "--n_train=300", "--n_val=20", "--n_test=20", "--seed=1")
+    data, out = tmp_path / "data" / "sort", tmp_path / "out"
+    r = run("train.py", f"--dataset={data}", f"--out_dir={out}", "--max_iters=2", "--eval_iters=1", "--n_layer=1",
+            "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=4")
+    assert r.returncode == 0, r.stderr
+    for args, sampler in [([], "llada, low_confidence"), (["--remasking=random"], "llada, random"),
+                          (["--remasking=margin"], "llada, margin")]:
+        r = run("eval.py", "--mode=accuracy", f"--ckpts={out}", "--max_records=4", *args)
+        assert r.returncode == 0, r.stderr
+        assert f"| {out} | {sampler} | 4 |" in r.stdout, r.stdout
