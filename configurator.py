@@ -76,6 +76,13 @@ def configure(defaults, argv=None):
     return cfg
 
 
+def given(argv=None):
+    """The keys set by --key=value (or a bare --flag) on the command line, not by a config file: where a
+    script's default depends on the task, or a config file's recipe serves another objective."""
+    argv = sys.argv[1:] if argv is None else argv
+    return {a[2:].split("=", 1)[0] for a in argv if a.startswith("--")}
+
+
 # -----------------------------------------------------------------------------
 # Checks of the values, shared by every entry point: each script lists its options' rules in one place
 # and calls check() before any work starts. A bad value stops the script with one line naming the

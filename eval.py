@@ -40,7 +40,8 @@ from tqdm import tqdm
 
 import ar
 import duo
-from configurator import NON_NEGATIVE, POSITIVE, UNIT, check, check_device, check_writable, configure, fail, one_of
+from configurator import (NON_NEGATIVE, POSITIVE, UNIT, check, check_device, check_writable, configure, fail, given,
+                          one_of)
 from diffusion import nll_bound
 from model import load_checkpoint
 import fast_sample
@@ -233,11 +234,11 @@ def accuracy_main():
     """--mode=accuracy: one row per checkpoint, every record of --split answered and scored."""
     # the table's defaults are not the task's: an option not given on the command line takes the task's own
     # (the table's 112 is not an answer's length; answers are greedy, the most confident cell first)
-    given = {a[2:].split("=")[0] for a in sys.argv[1:] if a.startswith("--")}
-    L = gen_length if "gen_length" in given else 0
+    typed = given()
+    L = gen_length if "gen_length" in typed else 0
     opts = dict(sampler=sampler, fast=fast, cache=cache, threshold=threshold, factor=factor, block_length=block_length,
-                steps=steps, temperature=temperature if "temperature" in given else 0.0,
-                remasking=remasking if "remasking" in given else "low_confidence")
+                steps=steps, temperature=temperature if "temperature" in typed else 0.0,
+                remasking=remasking if "remasking" in typed else "low_confidence")
     print("| model | sampler | records | exact | cells | valid grids | NFE | answer tok/s |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for out_dir in ckpts.split(","):

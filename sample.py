@@ -248,11 +248,12 @@ if __name__ == "__main__":
     if gen_length == 0 and m not in ids:
         fail("nothing to generate: gen_length is 0 and the prompt has no [MASK]")
     steps = steps or gen_length or ids.count(m)
-    if kind == "mdlm" and sampler == "llada" and gen_length % block_length:  # only LLaDA's sampler has blocks
-        fail(f"--gen_length={gen_length} must be a multiple of --block_length={block_length}")
-    n_blocks = gen_length // block_length if gen_length else 1
-    if kind == "mdlm" and sampler == "llada" and steps % n_blocks:
-        fail(f"--steps={steps} must be a multiple of the {n_blocks} blocks (gen_length / block_length)")
+    if kind == "mdlm" and sampler == "llada":  # only LLaDA's sampler (and --fast) decodes in blocks
+        if gen_length % block_length:
+            fail(f"--gen_length={gen_length} must be a multiple of --block_length={block_length}")
+        n_blocks = gen_length // block_length if gen_length else 1
+        if steps % n_blocks:
+            fail(f"--steps={steps} must be a multiple of the {n_blocks} blocks (gen_length / block_length)")
     gen = torch.Generator(device=device).manual_seed(seed)
     x = torch.tensor([ids] * num_samples, dtype=torch.long, device=device)
     view = LiveView(decode, m, show, trace) if show or trace else None

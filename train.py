@@ -37,7 +37,7 @@ import ar
 import diffusion
 import duo
 from configurator import (NON_NEGATIVE, POSITIVE, UNIT_OPEN, check, check_device, check_writable, configure, fail,
-                          one_of, rule)
+                          given, one_of, rule)
 from model import GPT, GPTConfig, load_checkpoint
 from tokenizer import load_meta, load_sft, same_tokens, sft_rows
 
@@ -110,11 +110,11 @@ check(config, dict(
     tau=POSITIVE, ema_decay=UNIT_OPEN, dcd_delta=rule(lambda v: 0 < v < 1, "in (0, 1)"), dcd_round_iters=POSITIVE))
 # an option of another objective is a mistake on the command line; in a config file it is the task's recipe
 # for that objective, which the same file serves for the baselines (config/sudoku.py --objective=ar)
-given = {a[2:].split("=")[0] for a in sys.argv[1:] if a.startswith("--")}
+typed = given()
 for keys, applies in [(("schedule", "masking", "train_loss"), ("mdlm",)), (("curriculum_iters", "tau"), ("duo",)),
                       (("dcd_delta", "dcd_round_iters"), ("dcd",))]:
     for key in keys:
-        if key in given and config[key] != defaults[key] and objective not in applies:
+        if key in typed and config[key] != defaults[key] and objective not in applies:
             fail(f"--{key} applies to --objective={' or '.join(applies)} only, not {objective}")
 if objective == "dcd" and init_from in ("scratch",):
     fail("--objective=dcd distils a trained Duo model: give it with --init_from=<out_dir of objective=duo>")
