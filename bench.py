@@ -186,7 +186,7 @@ def forward_costs(model, prompt, L, block_length, n=20):
 def prompts_for(data_dir, T, num_samples, prompt_len, split="val"):
     """(num_samples prompts, what follows them), evenly spaced over a split: the starts of val windows
     of T tokens and the windows themselves, or, for an SFT dataset, the prompts of its records (all of
-    one length, e.g. shakespeare_speech, sort) and their responses."""
+    one length, e.g. shakespeare_speech, automaton) and their responses."""
     if os.path.exists(os.path.join(data_dir, f"{split}_sft.pkl")):
         records = load_sft(data_dir, split, 10**9)
         records = [records[i] for i in torch.linspace(0, len(records) - 1, num_samples).long().tolist()]

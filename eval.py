@@ -18,13 +18,13 @@ For each checkpoint (masked diffusion or AR) it prints one row of a table:
 A 'val text' row scores the real continuations of the same prompts: the reference for both.
 Sampling for evaluation draws its Gumbel noise in float64.
 
-With --mode=accuracy it scores answers that can be checked instead (data/sudoku, data/sort,
+With --mode=accuracy it scores answers that can be checked instead (data/sudoku, data/automaton,
 data/gsm8k): every record of a split is answered with any sampler (sample.py's, --fast, Duo's, or an
 AR checkpoint's greedy decoding with its K/V cache), in batches, and the table gives exact match
 (and for Sudoku the blank cells filled right and the valid grids), NFE and answer tokens per second:
 
     python eval.py --mode=accuracy --ckpts=out-sudoku,out-sudoku-ar
-    python eval.py --mode=accuracy --ckpts=out-sort --gen_length=256 --block_length=32 --fast --threshold=0.9
+    python eval.py --mode=accuracy --ckpts=out-automaton --gen_length=256 --block_length=32 --fast --threshold=0.9
 """
 
 import math

@@ -140,32 +140,48 @@ def test_sudoku_files(tmp_path):
         assert count_solutions([0 if i in holes else d for i, d in enumerate(grid)]) == (1, grid)
 
 
+RULE_110 = {"###": ".", "##.": "#", "#.#": "#", "#..": ".", ".##": "#", ".#.": "#", "..#": "#", "...": "."}  # Wolfram's table
+
+
+def next_row(row):
+    """An independent Rule 110 step on a row of '#'/'.', the cells beyond the edges dead."""
+    padded = "." + row + "."
+    return "".join(RULE_110[padded[i:i + 3]] for i in range(len(row)))
+
+
 @pytest.mark.slow
-def test_sort_files(tmp_path):
-    meta, splits = prepare(tmp_path, "sort", "--n_train=60", "--n_val=10", "--n_test=10", "--seed=3")
-    check_meta(meta, "\n 0123456789", "sort")
+def test_automaton_files(tmp_path):
+    meta, splits = prepare(tmp_path, "automaton", "--n_train=60", "--n_val=10", "--n_test=10", "--seed=3")
+    check_meta(meta, "\n#.", "automaton")
     _, decode = get_codec(meta)
     assert [len(s) for s in splits] == [60, 10, 10]
     prompts = [{tuple(p) for p, _ in s} for s in splits]
-    assert len(set.union(*prompts)) == 80  # no list twice, none in two splits
+    assert len(set.union(*prompts)) == 80  # no first row twice, none in two splits
     for rec in sum(splits, []):
-        assert type(rec) is tuple and len(rec) == 2 and is_ids(rec[0], 12) and is_ids(rec[1], 12)
+        assert type(rec) is tuple and len(rec) == 2 and is_ids(rec[0], 3) and is_ids(rec[1], 3)
         prompt, response = decode(rec[0]), decode(rec[1])
-        assert re.fullmatch(r"(\d\d ){42}\d\d\n", prompt) and re.fullmatch(r"(\d\d ){42}\d\d", response)
-        assert [int(x) for x in response.split()] == sorted(int(x) for x in prompt.split())
-        assert len(response) == 128  # the default: 43 numbers, an answer of 128 tokens
-    # a short list (few possible lists): still all distinct
-    _, splits = prepare(tmp_path / "short", "sort", "--n=2", "--n_train=2000", "--n_val=500", "--n_test=500", "--seed=1")
-    prompts = [tuple(p) for s in splits for p, _ in s]
-    assert len(set(prompts)) == 3000 and {len(decode(p)) for p in prompts} == {6}
+        assert re.fullmatch(r"[#.]{15}\n", prompt) and re.fullmatch(r"([#.]{15}\n){8}", response)
+        rows = [prompt[:-1]] + response.splitlines()
+        assert all(next_row(a) == b for a, b in zip(rows, rows[1:]))
+        assert len(response) == 128  # the default: 8 generations of 15 cells, an answer of 128 tokens
+    # every row of 4 cells once; another rule
+    meta, splits = prepare(tmp_path / "small", "automaton", "--width=4", "--rows=2", "--rule=30", "--n_train=10",
+                           "--n_val=3", "--n_test=3", "--seed=1")
+    prompts = [decode(p) for s in splits for p, _ in s]
+    assert sorted(prompts) == sorted(f"{i:04b}".translate(str.maketrans("01", ".#")) + "\n" for i in range(16))
+    rule30 = {"###": ".", "##.": ".", "#.#": ".", "#..": "#", ".##": "#", ".#.": "#", "..#": "#", "...": "."}
+    for p, r in sum(splits, []):
+        rows = [decode(p)[:-1]] + decode(r).splitlines()
+        assert all("".join(rule30[("." + a + ".")[i:i + 3]] for i in range(4)) == b for a, b in zip(rows, rows[1:]))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("script,arg", [("sudoku", "--blanks=abc"), ("sudoku", "--blanks=70"), ("sudoku", "--blanks=50-40"),
-                                        ("sudoku", "--nope=1"), ("sudoku", "n_train=5"), ("sort", "--n=0"),
-                                        ("sort", "--n_train=x"), ("sort", "--n=1")])
+                                        ("sudoku", "--nope=1"), ("sudoku", "n_train=5"), ("automaton", "--width=0"),
+                                        ("automaton", "--n_train=x"), ("automaton", "--rule=256"),
+                                        ("automaton", "--width=4"), ("automaton", "--rows=two")])
 def test_bad_argument_is_one_line(tmp_path, script, arg):
-    for name in ("sudoku", "sort"):  # a copy, should the script write anything; sort's prepare.py imports sudoku's
+    for name in ("sudoku", "automaton"):  # a copy, should the script write anything; automaton's imports sudoku's
         shutil.copytree(os.path.join(ROOT, "data", name), tmp_path / "data" / name,
                         ignore=shutil.ignore_patterns("*.pkl", "*.tmp"))
     shutil.copy(os.path.join(ROOT, "tokenizer.py"), tmp_path)
@@ -209,11 +225,15 @@ def test_scores_of_hand_made_answers():
     assert ev.score([sol], [sol], [rec], SUDOKU_META) == dict(exact=1.0, cells=1.0, valid=1.0)
     got = ev.score([wrong], [sol], [rec], SUDOKU_META)
     assert got["exact"] == 0.0 and got["valid"] == 0.0 and got["cells"] == 44 / 45
-    sort_meta = sudoku.char_meta("\n 0123456789", "sort")
-    enc = lambda t: [sort_meta["stoi"][c] for c in t]  # noqa: E731
-    assert ev.score([enc("03 12")], [enc("03 12")], [(enc("12 03\n"), enc("03 12"), [])], sort_meta) == dict(exact=1.0)
-    assert ev.score([enc("12 03")], [enc("03 12")], [(enc("12 03\n"), enc("03 12"), [])], sort_meta) == dict(exact=0.0)
-    gsm = dict(sort_meta, task="gsm8k")  # the number after '####' decides, not the working
+    ca_meta = sudoku.char_meta("\n#.", "automaton")
+    enc = lambda t: [ca_meta["stoi"][c] for c in t]  # noqa: E731
+    rec = (enc("#.#\n"), enc("###\n#.#\n"), [])  # Rule 110, 3 cells, 2 generations
+    assert next_row("#.#") == "###" and next_row("###") == "#.#"
+    assert ev.score([rec[1]], [rec[1]], [rec], ca_meta) == dict(exact=1.0)
+    assert ev.score([enc("###\n###\n")], [rec[1]], [rec], ca_meta) == dict(exact=0.0)  # one cell wrong
+    assert ev.score([enc("###\n")], [rec[1]], [rec], ca_meta) == dict(exact=0.0)  # a generation short
+    gsm = sudoku.char_meta("\n 0123456789", "gsm8k")  # a digit vocabulary; the number after "####" decides
+    enc = lambda t: [gsm["stoi"][c] for c in t]  # noqa: E731
     ref = enc("12 03\n 15")
     assert ev.score([enc("0 15")], [ref], [([], ref, [])], gsm)["exact"] == 1.0
     assert ev.score([enc("0 16")], [ref], [([], ref, [])], gsm)["exact"] == 0.0
@@ -253,12 +273,12 @@ def test_the_accuracy_command_scores_an_oracle_one_and_a_wrong_model_zero():
         model = Oracle(ar_target, meta["vocab_size"], causal=True)
         a, t, nfe, _ = ev.answer_records(model, [rec], meta, temperature=0.0)
         assert ev.score(a, t, [rec], meta)["exact"] == float(right), (a, t)
-    sort_meta = sudoku.char_meta("\n 0123456789", "sort")
-    enc = lambda s: [sort_meta["stoi"][c] for c in s]  # noqa: E731
-    rec = (enc("47 03 12\n"), enc("03 12 47"), [])
-    model = Oracle(rec[0] + rec[1] + [sort_meta["eos_id"]] * 8, sort_meta["vocab_size"])
-    a, t, _, _ = ev.answer_records(model, [rec], sort_meta, steps=16, block_length=16, gen_length=16)
-    assert ev.score(a, t, [rec], sort_meta)["exact"] == 1.0 and a == [rec[1]]
+    ca_meta = sudoku.char_meta("\n#.", "automaton")
+    enc = lambda s: [ca_meta["stoi"][c] for c in s]  # noqa: E731
+    rec = (enc("#.#\n"), enc("###\n#.#\n"), [])
+    model = Oracle(rec[0] + rec[1] + [ca_meta["eos_id"]] * 8, ca_meta["vocab_size"])
+    a, t, _, _ = ev.answer_records(model, [rec], ca_meta, steps=16, block_length=16, gen_length=16)
+    assert ev.score(a, t, [rec], ca_meta)["exact"] == 1.0 and a == [rec[1]]
 
 
 @pytest.mark.slow
@@ -294,8 +314,8 @@ def test_gsm8k_prepare(tmp_path):
 def test_the_accuracy_command_takes_the_options_given_even_when_they_equal_the_table_defaults(tmp_path):
     # accuracy's own defaults (greedy, low_confidence, the task's answer length) replace the table's
     # only for options not given: --remasking=random (the table's default) must still sample randomly
-    prepare(tmp_path, "sort", "--n=3", "--n_train=300", "--n_val=20", "--n_test=20", "--seed=1")
-    data, out = tmp_path / "data" / "sort", tmp_path / "out"
+    prepare(tmp_path, "automaton", "--width=8", "--rows=2", "--n_train=200", "--n_val=20", "--n_test=20", "--seed=1")
+    data, out = tmp_path / "data" / "automaton", tmp_path / "out"
     r = run("train.py", f"--dataset={data}", f"--out_dir={out}", "--max_iters=2", "--eval_iters=1", "--n_layer=1",
             "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=4")
     assert r.returncode == 0, r.stderr
