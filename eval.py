@@ -153,17 +153,20 @@ def answer_records(model, records, meta, *, batch_size=64, gen_length=0, generat
     m, eos = meta["mask_id"], meta["eos_id"]
     answers, targets, nfe, t0 = [], [], 0.0, time.perf_counter()
     order = sorted(range(len(records)), key=lambda i: len(records[i][0]))  # equal prompt lengths batch together
-    for j in tqdm(range(0, len(order), batch_size), desc="answering", unit="batch", leave=False):
-        batch = [records[i] for i in order[j:j + batch_size]]
+    batches = [order[j:j + batch_size] for j in range(0, len(order), batch_size)]
+    if model.config.causal:  # AR decoding has no padding: one prompt length per batch
+        batches = [[i for i in b if len(records[i][0]) == n] for b in batches for n in sorted({len(records[i][0]) for i in b})]
+    for b in tqdm(batches, desc="answering", unit="batch", leave=False):
+        batch = [records[i] for i in b]
         pairs = [as_pair(r, m) for r in batch]
         L = gen_length or max(len(r) for _, r, _ in batch) + 1  # the longest answer and its EOS, as in training
-        if model.config.causal:
-            x, pad = left_pad([p for p, _ in pairs], eos)
-            T = max(len(a) for _, a in pairs) + 1
-            if pad.any():
-                raise ValueError("AR answers need prompts of one length per batch")
-            out, n = ar.generate(model, x.to(next(model.parameters()).device), T, opts.get("temperature", 0.0),
-                                 generator), T
+        if model.config.causal:  # the answer and its EOS, as far as the context allows (a longer answer is cut)
+            x = torch.tensor([p for p, _ in pairs])
+            T = min(max(len(a) for _, a in pairs) + 1, model.config.block_size - x.size(1))
+            out = ar.generate(model, x.to(next(model.parameters()).device), T, opts.get("temperature", 0.0),
+                              generator, eos_id=eos)
+            hit = out[:, x.size(1):] == eos  # forwards: up to the last row's first EOS
+            n = int(torch.where(hit.any(1), hit.int().argmax(1) + 1, T).max())
             got = [cut_at_eos(row[x.size(1):], eos, 0) for row in out.tolist()]
         else:
             prompts = [p if rec[2] else rec[0] for (p, _), rec in zip(pairs, batch)]  # holes masked

@@ -281,6 +281,19 @@ def test_the_accuracy_command_scores_an_oracle_one_and_a_wrong_model_zero():
     assert ev.score(a, t, [rec], ca_meta)["exact"] == 1.0 and a == [rec[1]]
 
 
+def test_ar_answers_prompts_of_mixed_lengths_and_stops_at_eos():
+    # GSM8K's prompts differ in length: AR batches are cut by length (no padding), and decoding stops
+    # once every row has written EOS (an answer longer than the context is cut, not an error)
+    meta, eos = SUDOKU_META, SUDOKU_META["eos_id"]
+    records = [([1, 2, 3], [4, 5], []), ([1, 2, 3, 4, 5], [6], []), ([2, 2, 2], [1], [])]
+    model = Oracle([eos] * 16, meta["vocab_size"], causal=True)  # writes EOS at once
+    a, t, nfe, _ = ev.answer_records(model, records, meta, temperature=0.0, batch_size=8)
+    assert a == [[], [], []] and sorted(map(tuple, t)) == [(1,), (4, 5), (6,)] and nfe == 1.0
+    model.config.block_size = 4  # room for one token after the 3-token prompts, none needed for EOS
+    a, _, _, _ = ev.answer_records(model, records[::2], meta, temperature=0.0)
+    assert a == [[], []]
+
+
 @pytest.mark.slow
 def test_gsm8k_prepare(tmp_path):
     shared = os.path.join(ROOT, "..", "shared")
