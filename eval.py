@@ -247,6 +247,7 @@ def accuracy_main():
     for out_dir in ckpts.split(","):
         model, ckpt = load_checkpoint(out_dir, device)
         meta = ckpt["meta"]
+        get_codec(meta)  # the answers are decoded to be scored: a tokenizer that cannot load stops us before the work
         data_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", ckpt["config"]["dataset"])
         try:
             records = load_sft(data_dir, split, model.config.block_size)

@@ -67,7 +67,11 @@ def get_codec(meta):
             return "".join(MASK_GLYPH if i == mask_id else itos[i] for i in ids)
     else:
         import tiktoken
-        enc = tiktoken.get_encoding(meta["tokenizer"])
+        try:
+            enc = tiktoken.get_encoding(meta["tokenizer"])
+        except Exception as e:  # offline without a cached BPE: one line, not a network traceback
+            raise SystemExit(f"error: tiktoken could not load the {meta['tokenizer']} BPE ({type(e).__name__}); "
+                             f"offline, set TIKTOKEN_CACHE_DIR to a folder that holds it")
 
         def encode(s):
             return enc.encode(s, allowed_special={"<|endoftext|>"})

@@ -294,6 +294,13 @@ def test_ar_answers_prompts_of_mixed_lengths_and_stops_at_eos():
     assert a == [[], []]
 
 
+def test_a_bpe_that_cannot_load_is_one_line():
+    # offline without TIKTOKEN_CACHE_DIR, tiktoken raises from deep in a download: one line instead
+    with pytest.raises(SystemExit) as e:
+        get_codec(dict(tokenizer="no-such-bpe", mask_id=0))
+    assert str(e.value).startswith("error: tiktoken could not load the no-such-bpe BPE") and "\n" not in str(e.value)
+
+
 @pytest.mark.slow
 def test_gsm8k_prepare(tmp_path):
     shared = os.path.join(ROOT, "..", "shared")
