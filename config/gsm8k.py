@@ -4,8 +4,9 @@
 # on a GPU, start from a pretrained model (init_from) and a far larger one.
 #   TIKTOKEN_CACHE_DIR=... python data/gsm8k/prepare.py path/to/gsm8k    # or no path: download
 #   python train.py config/gsm8k.py               # then:
-#   python eval.py --mode=accuracy --ckpts=out-gsm8k --gen_length=192 --steps=48 --block_length=32 --max_records=100
-#   python train.py config/gsm8k.py --objective=ar --out_dir=out-gsm8k-ar   # the AR baseline
+#   python eval.py --mode=accuracy --ckpts=out-gsm8k --gen_length=192 --steps=48 --block_length=32 --max_records=100 --batch_size=20
+#   python train.py config/gsm8k.py --objective=ar --out_dir=out-gsm8k-ar   # the AR baseline, then:
+#   python eval.py --mode=accuracy --ckpts=out-gsm8k-ar --max_records=100
 out_dir = "out-gsm8k"
 dataset = "gsm8k"
 block_size = 384        # 99.8% of the problems (prompt + solution) fit; a longer one is cut
