@@ -4,6 +4,7 @@ Speed and quality of the samplers, side by side in one run on one machine.
     python bench.py --what=samplers                                     # sample.py's samplers
     python bench.py --what=fast --out_dir=out-shakespeare-long           # Fast-dLLM vs the baseline
     python bench.py --what=fewstep --out_dir=out-shakespeare-char,out-shakespeare-duo --temperature=1
+    python bench.py --what=fewstep --out_dir=out-shakespeare-duo --temperature=1 --greedy_tail=False --top_p=0.95
 
 Every row of a table is measured in the same run, on the same prompts (the starts of val windows),
 one prompt at a time (batch size 1, as in Fast-dLLM's figures), the methods interleaved prompt by
@@ -47,6 +48,8 @@ eta = 0.02                      # remdm's re-masking cap
 ar_out_dir = ""                 # fast: also an AR model's greedy decoding with its K/V cache, in the same table
 split = "val"                   # fast, on a task (SFT records): the split whose prompts are answered
 step_counts = "8,16,32,64,256"  # fewstep: the numbers of sampling steps
+top_p = 1.0                     # fewstep, Duo: nucleus on the model's prediction (as sample.py)
+greedy_tail = True              # fewstep, Duo: the last step takes the most likely token
 seed = 1337
 device = "cuda" if torch.cuda.is_available() else "cpu"
 # -----------------------------------------------------------------------------
@@ -150,10 +153,10 @@ def bench_fast(model, judge, prompts, Ls, *, block_length=32, temperature=0.0, t
         print(f"| {L} | {full:.1f} ms | {step:.1f} ms | {full / step:.1f} |")
 
 
-def bench_fewstep(models, judge, prompts, L, step_counts, *, temperature=1.0, seed=1337):
+def bench_fewstep(models, judge, prompts, L, step_counts, *, temperature=1.0, top_p=1.0, greedy_tail=True, seed=1337):
     """Few-step generation: every model at every step count, all prompts in one batch; a masked model
     by MDLM ancestral sampling (each step reveals by the true posterior), a uniform-state one by
-    duo.generate with the greedy tail. models: [(name, model)]."""
+    duo.generate (top_p, greedy_tail: its options). models: [(name, model)]."""
     P = prompts.size(1)
     print("| model | sampler | steps | NFE | gen PPL | entropy | s/sample |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
@@ -161,8 +164,9 @@ def bench_fewstep(models, judge, prompts, L, step_counts, *, temperature=1.0, se
         for steps in step_counts:
             g = torch.Generator(device=prompts.device).manual_seed(seed)
             if model.config.time_cond:
-                kind, fn = "duo, greedy tail", lambda: duo.generate(model, prompts, steps=steps, gen_length=L,
-                                                                     temperature=temperature, generator=g)
+                kind = "duo" + (", greedy tail" if greedy_tail else "") + (f", top_p {top_p}" if top_p < 1 else "")
+                fn = lambda: duo.generate(model, prompts, steps=steps, gen_length=L, temperature=temperature,  # noqa: E731
+                                          top_p=top_p, greedy_tail=greedy_tail, generator=g)
             else:
                 kind, fn = "mdlm ancestral", lambda: sample.generate_ancestral(
                     model, prompts, steps=steps, gen_length=L, temperature=temperature, generator=g)
@@ -217,7 +221,7 @@ if __name__ == "__main__":
                           gen_length=POSITIVE, lengths=rule(parse_lengths, "comma-separated positive integers"),
                           step_counts=rule(parse_lengths, "comma-separated positive integers"),
                           temperature=NON_NEGATIVE, block_length=POSITIVE, threshold=UNIT, factor=NON_NEGATIVE,
-                          eta=UNIT, seed=NON_NEGATIVE))
+                          eta=UNIT, seed=NON_NEGATIVE, top_p=rule(lambda v: 0 < v <= 1, "in (0, 1]")))
     Ls = parse_lengths(lengths)
     for L in [gen_length] if what == "samplers" else Ls if what == "fast" else []:
         if L % block_length:
@@ -245,7 +249,7 @@ if __name__ == "__main__":
         except ValueError as e:
             fail(e)
         bench_fewstep(models, judge_model.eval(), prompts.to(device), gen_length, parse_lengths(step_counts),
-                      temperature=temperature, seed=seed)
+                      temperature=temperature, top_p=top_p, greedy_tail=greedy_tail, seed=seed)
         real = real.to(device)
         print(f"\n{num_samples} samples of {gen_length} tokens after {prompt_len}-token val prompts, temperature "
               f"{temperature}, one batch; val text: gen PPL {gen_ppl(judge_model, real, prompt_len):.2f}, entropy "

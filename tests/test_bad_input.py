@@ -98,6 +98,8 @@ TABLE = [
     ("bench.py", ["--out_dir={ckpt}", "--judge={judge}", "--num_samples=0"], "--num_samples=0"),
     ("bench.py", ["--out_dir={ckpt}", "--judge={judge}", "--threshold=-0.5"], "--threshold=-0.5"),
     ("bench.py", ["--out_dir={ckpt}", "--judge={judge}", "--what=everything"], "--what='everything'"),
+    ("bench.py", ["--out_dir={ckpt}", "--judge={judge}", "--what=fewstep", "--top_p=0"], "--top_p=0.0"),
+    ("bench.py", ["--out_dir={ckpt}", "--judge={judge}", "--what=fewstep", "--greedy_tail=maybe"], "greedy_tail must be bool"),
     ("bench.py", ["--out_dir={ckpt}", "--judge={judge}", "--block_length=0"], "--block_length=0"),
     ("bench.py", ["--out_dir={ckpt}", "--judge={judge}", "--what=fast", "--lengths=12"], "must divide"),
     ("bench.py", ["--out_dir={ckpt}", "--judge={tmp}/nojudge"], "config/judge.py"),

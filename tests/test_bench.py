@@ -161,3 +161,18 @@ def test_fewstep_table_matches_a_recomputation(capsys):
                                                    generator=g)
         assert float(nfe) == round(n, 1) and float(ppl) == round(gen_ppl(judge, samples, 8), 2)
         assert float(h) == round(entropy(samples, 8), 3)
+
+
+def test_fewstep_passes_duo_its_sampler_options(capsys):
+    duo_model, judge = tiny_model(T=40, time_cond=True), tiny_model(causal=True, T=40)
+    prompts = torch.randint(0, 10, (4, 8), generator=torch.Generator().manual_seed(3))
+    bench.bench_fewstep([("d", duo_model)], judge, prompts, 16, [4], temperature=1.0, top_p=0.8, greedy_tail=False, seed=9)
+    (name, kind, steps, nfe, ppl, h, secs), = rows(capsys.readouterr().out)
+    assert kind == "duo, top_p 0.8"
+    import duo
+    samples, _ = duo.generate(duo_model, prompts, steps=4, gen_length=16, temperature=1.0, top_p=0.8, greedy_tail=False,
+                              generator=torch.Generator().manual_seed(9))
+    assert float(ppl) == round(gen_ppl(judge, samples, 8), 2) and float(h) == round(entropy(samples, 8), 3)
+    default, _ = duo.generate(duo_model, prompts, steps=4, gen_length=16, temperature=1.0,
+                              generator=torch.Generator().manual_seed(9))
+    assert not torch.equal(samples, default)  # the options change the samples: the row is not the default's
