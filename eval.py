@@ -32,6 +32,7 @@ import os
 import re
 import sys
 import time
+from itertools import groupby
 
 import numpy as np
 import torch
@@ -152,10 +153,11 @@ def answer_records(model, records, meta, *, batch_size=64, gen_length=0, generat
     opts: sample.sample's sampler options (an AR model decodes greedily at opts' temperature)."""
     m, eos = meta["mask_id"], meta["eos_id"]
     answers, targets, nfe, t0 = [], [], 0.0, time.perf_counter()
-    order = sorted(range(len(records)), key=lambda i: len(records[i][0]))  # equal prompt lengths batch together
+    length = lambda i: len(records[i][0])  # noqa: E731  (of record i's prompt)
+    order = sorted(range(len(records)), key=length)  # equal prompt lengths batch together
     batches = [order[j:j + batch_size] for j in range(0, len(order), batch_size)]
-    if model.config.causal:  # AR decoding has no padding: one prompt length per batch
-        batches = [[i for i in b if len(records[i][0]) == n] for b in batches for n in sorted({len(records[i][0]) for i in b})]
+    if model.config.causal:  # AR decoding has no padding: a batch is cut where the prompt length changes
+        batches = [list(g) for b in batches for _, g in groupby(b, length)]
     for b in tqdm(batches, desc="answering", unit="batch", leave=False):
         batch = [records[i] for i in b]
         pairs = [as_pair(r, m) for r in batch]

@@ -53,14 +53,14 @@ if __name__ == "__main__":
     texts = [(as_text(history[0][i]), "".join(as_text(h[i]) for h in history[1:])) for i in range(total)]
     records = [([stoi[c] for c in p], [stoi[c] for c in r]) for p, r in texts]
 
-    # check everything before anything is written: distinct prompts, and every cell by the rule's table
-    table = {f"{a}{b}{c}": ".#"[(rule >> int(f"{a}{b}{c}".translate(str.maketrans(".#", "01")), 2)) & 1]
+    # check everything before anything is written: distinct prompts, and every cell by the rule's table read
+    # on the text (an independent path from step()'s arithmetic)
+    table = {a + b + c: ".#"[rule >> (4 * (a == "#") + 2 * (b == "#") + (c == "#")) & 1]
              for a in ".#" for b in ".#" for c in ".#"}
-    def follows(p, r):  # noqa: E306
-        rows = [p] + [r[i:i + W + 1] for i in range(0, len(r), W + 1)]
-        return len(rows) == R + 1 and all(
-            len(b) == W + 1 and all(table[("." + a[:W] + ".")[i:i + 3]] == b[i] for i in range(W)) and b[W] == "\n"
-            for a, b in zip(rows, rows[1:]))
+    def follows(prompt, response):  # noqa: E306
+        rows = [prompt] + [response[i:i + W + 1] for i in range(0, len(response), W + 1)]
+        return len(rows) == R + 1 and all(b == "".join(table[("." + a[:W] + ".")[i:i + 3]] for i in range(W)) + "\n"
+                                          for a, b in zip(rows, rows[1:]))
     if not (len({p for p, _ in texts}) == total and all(follows(p, r) for p, r in texts)):
         raise RuntimeError("a generated record failed its check")
     write_splits(here, meta, records, counts)
