@@ -49,7 +49,7 @@ ar_out_dir = ""                 # fast: also an AR model's greedy decoding with 
 split = "val"                   # fast, on a task (SFT records): the split whose prompts are answered
 step_counts = "8,16,32,64,256"  # fewstep: the numbers of sampling steps
 top_p = 1.0                     # fewstep, Duo: nucleus on the model's prediction (as sample.py)
-greedy_tail = True              # fewstep, Duo: the last step takes the most likely token
+greedy_tail = True              # fewstep, Duo: one more forward at t = 0, the most likely tokens
 seed = 1337
 device = "cuda" if torch.cuda.is_available() else "cpu"
 # -----------------------------------------------------------------------------

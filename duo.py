@@ -28,8 +28,9 @@ window of log-SNR where alpha_t goes from 0.95 to 0.05: lower-variance gradients
 training. The paper: LM1B perplexity 33.7 with the curriculum, 35.0 without.
 
 Sampling. Ancestral steps with the true posterior q(z_s | z_t, x = p) in float64; top-k / top-p act
-on the model's prediction p, never on the posterior; greedy-tail: the last step takes argmax p. No
-K/V cache: every token can change at every step.
+on the model's prediction p, never on the posterior; greedy tail: one more forward reads the finished
+canvas as clean (t = 0) and every position takes its argmax, a last pass that replaces the tokens the
+model finds out of place. No K/V cache: every token can change at every step.
 
 Distillation (DCD, Duo section 5). Fix x and the Gaussian noise eps per token: z_t = argmax(at x + st
 eps) is then a deterministic trajectory in t along which each token flips at most once (from the
@@ -245,8 +246,10 @@ def generate(model, prompt, *, steps=128, gen_length=128, temperature=1.0, top_k
              eps=EPS, generator=None, on_step=None):
     """Ancestral sampling on the grid 1 = t_0 > ... > t_steps = 0. The canvas is the prompt (B, P), kept
     and seen clean, then gen_length positions; these and any [MASK] in the prompt (infilling) start as
-    uniform random tokens and are all redrawn at every step from the posterior (float64 Gumbel-max),
-    the last step taking argmax p with greedy_tail. Returns (canvas (B, P + gen_length), NFE per row)."""
+    uniform random tokens and are all redrawn at every step from the posterior (float64 Gumbel-max).
+    greedy_tail adds one forward on the finished canvas read as clean (t = 0) and takes its argmax:
+    a last denoising pass that replaces the tokens the model finds out of place (Duo's noise removal,
+    as in its reference sampler). Returns (canvas (B, P + gen_length), NFE per row: steps + greedy_tail)."""
     if steps <= 0:
         raise ValueError(f"steps={steps} must be positive")
     K, m = model.config.vocab_size - 1, model.config.mask_id
@@ -254,20 +257,23 @@ def generate(model, prompt, *, steps=128, gen_length=128, temperature=1.0, top_k
     free = x == m  # (B, T) the positions the sampler writes
     x = torch.where(free, torch.randint(K, x.shape, device=x.device, generator=generator), x)
     ts = torch.linspace(1, 0, steps + 1, dtype=torch.float64)
-    for i in range(steps):
-        a_t, a_s = alpha(ts[i], eps)[0].item(), alpha(ts[i + 1], eps)[0].item()
+
+    def predict(x, a_t):  # the model's distribution over clean tokens p (B, T, K), float64, filtered
         logits = model(x, sigma=torch.full((len(x),), -math.log(a_t), device=x.device))[..., :K].double()
         p = F.one_hot(logits.argmax(-1), K).double() if temperature == 0 else F.softmax(logits / temperature, -1)
-        p = filter_top(p, top_k, top_p)  # on the prediction, never on the posterior
-        if greedy_tail and i == steps - 1:
-            new = p.argmax(-1)
-        else:
-            new = add_gumbel_noise(posterior(p, x, a_t, a_s).log(), 1.0, generator).argmax(-1)
+        return filter_top(p, top_k, top_p)  # on the prediction, never on the posterior
+
+    for i in range(steps + greedy_tail):
+        if i < steps:
+            a_t, a_s = alpha(ts[i], eps)[0].item(), alpha(ts[i + 1], eps)[0].item()
+            new = add_gumbel_noise(posterior(predict(x, a_t), x, a_t, a_s).log(), 1.0, generator).argmax(-1)
+        else:  # the greedy tail, at t = 0
+            new = predict(x, 1.0).argmax(-1)
         changed = free & (new != x)
         x = torch.where(free, new, x)
         if on_step:
             on_step(x, changed)
-    return x, steps
+    return x, steps + greedy_tail
 
 
 # -----------------------------------------------------------------------------

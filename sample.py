@@ -196,7 +196,7 @@ threshold = 0.9         # fast: commit every position at least this sure (0: off
 factor = 0.0            # fast, threshold 0: the factor rule (n + 1)(1 - c(n)) < factor (0: off)
 top_k = 0               # duo: sample from the k most likely tokens of each prediction (0: all)
 top_p = 1.0             # duo: ... from the smallest set with this probability (nucleus)
-greedy_tail = True      # duo: the last step takes the most likely token
+greedy_tail = True      # duo: one more forward at t = 0, every position takes its most likely token
 show = False            # live view of the unmasking (the first sample)
 trace = ""              # save the step-by-step history of the first sample to this JSON file
 seed = 1337

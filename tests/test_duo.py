@@ -180,7 +180,7 @@ def test_sampler_keeps_the_prompt_counts_steps_and_ends_greedy():
     model = Fixed(logits_of(p).float())
     prompt = torch.randint(K, (3, 4))
     out, nfe = duo.generate(model, prompt, steps=8, gen_length=L, generator=torch.Generator().manual_seed(1))
-    assert torch.equal(out[:, :4], prompt) and nfe == 8 == model.calls and (out < K).all()
+    assert torch.equal(out[:, :4], prompt) and nfe == 9 == model.calls and (out < K).all()  # 8 steps + the tail
     assert torch.equal(out[:, 4:], p[4:].argmax(-1).expand(3, -1))  # greedy tail: argmax of the prediction
     out, _ = duo.generate(model, prompt, steps=8, gen_length=L, greedy_tail=False, top_k=1,
                           generator=torch.Generator().manual_seed(1))
@@ -192,6 +192,36 @@ def test_sampler_keeps_the_prompt_counts_steps_and_ends_greedy():
     freq = F.one_hot(many, K).float().mean(0)  # with many steps the samples follow p (800 draws per position)
     assert (freq - p[4:]).abs().max() < 0.08
 
+
+
+class Reader(torch.nn.Module):
+    """A toy denoiser whose prediction depends on what it reads: each position favours the token to its
+    left plus one (mod K); it records every canvas and sigma it is called with."""
+
+    def __init__(self, K):
+        super().__init__()
+        self.K, self.seen = K, []
+        self.config = type("C", (), {"vocab_size": K + 1, "mask_id": K})()
+
+    def forward(self, x, sigma=None, **kw):
+        self.seen.append((x.clone(), sigma.clone()))
+        return torch.cat([3.0 * F.one_hot((x.roll(1, 1) + 1) % self.K, self.K), torch.zeros(*x.shape, 1)], -1)
+
+
+def test_greedy_tail_is_one_more_forward_at_t0_on_the_finished_canvas():
+    # Duo's reference sampler: `steps` ancestral steps, then the model reads the result as clean
+    # (sigma = 0) and every generated position takes its argmax
+    K, prompt = 7, torch.randint(7, (2, 3), generator=torch.Generator().manual_seed(0))
+    plain, n_plain = duo.generate(Reader(K), prompt, steps=5, gen_length=10, greedy_tail=False,
+                                  generator=torch.Generator().manual_seed(4))
+    model = Reader(K)
+    out, nfe = duo.generate(model, prompt, steps=5, gen_length=10, generator=torch.Generator().manual_seed(4))
+    assert (n_plain, nfe, len(model.seen)) == (5, 6, 6)
+    x_last, sigma_last = model.seen[-1]
+    assert torch.equal(x_last, plain) and (sigma_last == 0).all()  # the tail reads the plain sampler's output
+    assert (model.seen[-2][1] > 0).all()
+    want = torch.cat([prompt, ((plain.roll(1, 1) + 1) % K)[:, 3:]], 1)
+    assert torch.equal(out, want) and not torch.equal(out, plain)
 
 def test_filter_top():
     p = torch.tensor([[0.5, 0.3, 0.15, 0.05]], dtype=torch.float64)
@@ -284,7 +314,7 @@ def test_duo_and_dcd_train_resume_exactly_and_sample_from_the_command_line(tiny_
     for out in ("full", "dfull"):  # the checkpoint says it is uniform-state: sample.py picks Duo's sampler
         r = run("sample.py", f"--out_dir={tmp_path / out}", "--prompt=the ", "--gen_length=16", "--steps=4",
                 "--num_samples=2")
-        assert r.returncode == 0 and "duo ancestral, greedy tail, 4 model forwards" in r.stderr, r.stderr
+        assert r.returncode == 0 and "duo ancestral, greedy tail, 5 model forwards" in r.stderr, r.stderr
         assert all(s.startswith("the ") and len(s) == 4 + 16 + 1 for s in r.stdout.split("---------------\n")[:2])
     r = run("sample.py", f"--out_dir={tmp_path / 'full'}", "--cfg_scale=1.0")
     assert r.returncode != 0 and "does not apply" in r.stderr and len(r.stderr.strip().splitlines()) == 1
