@@ -156,23 +156,27 @@ def bench_fast(model, judge, prompts, Ls, *, block_length=32, temperature=0.0, t
 def bench_fewstep(models, judge, prompts, L, step_counts, *, temperature=1.0, top_p=1.0, greedy_tail=True, seed=1337):
     """Few-step generation: every model at every step count, all prompts in one batch; a masked model
     by MDLM ancestral sampling (each step reveals by the true posterior), a uniform-state one by
-    duo.generate (top_p, greedy_tail: its options). models: [(name, model)]."""
+    duo.generate (top_p, greedy_tail: its options). "tail rewrites": the share of generated tokens the
+    greedy tail changed (a model that trusts what it reads at t = 0 changes few). models: [(name, model)]."""
     P = prompts.size(1)
-    print("| model | sampler | steps | NFE | gen PPL | entropy | s/sample |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| model | sampler | steps | NFE | gen PPL | entropy | tail rewrites | s/sample |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, model in models:
         for steps in step_counts:
-            g = torch.Generator(device=prompts.device).manual_seed(seed)
+            g, last = torch.Generator(device=prompts.device).manual_seed(seed), {}
+            tail = model.config.time_cond and greedy_tail  # the last on_step call is the tail's
             if model.config.time_cond:
                 kind = "duo" + (", greedy tail" if greedy_tail else "") + (f", top_p {top_p}" if top_p < 1 else "")
                 fn = lambda: duo.generate(model, prompts, steps=steps, gen_length=L, temperature=temperature,  # noqa: E731
-                                          top_p=top_p, greedy_tail=greedy_tail, generator=g)
+                                          top_p=top_p, greedy_tail=greedy_tail, generator=g,
+                                          on_step=lambda x, changed: last.update(share=changed[:, P:].float().mean()))
             else:
                 kind, fn = "mdlm ancestral", lambda: sample.generate_ancestral(
                     model, prompts, steps=steps, gen_length=L, temperature=temperature, generator=g)
             (samples, nfe), secs = timed(fn)
+            rewrites = f"{100 * last['share']:.1f}%" if tail else "-"
             print(f"| {name} | {kind} | {steps} | {nfe:.1f} | {gen_ppl(judge, samples, P):.2f} | "
-                  f"{entropy(samples, P):.3f} | {secs / len(prompts):.3f} |", flush=True)
+                  f"{entropy(samples, P):.3f} | {rewrites} | {secs / len(prompts):.3f} |", flush=True)
 
 
 @torch.no_grad()

@@ -152,11 +152,15 @@ def test_fewstep_table_matches_a_recomputation(capsys):
     assert [(r[0], r[1], r[2]) for r in table] == [("m", "mdlm ancestral", "2"), ("m", "mdlm ancestral", "8"),
                                                    ("d", "duo, greedy tail", "2"), ("d", "duo, greedy tail", "8")]
     import duo
-    for name, kind, steps, nfe, ppl, h, secs in table:
+    for name, kind, steps, nfe, ppl, h, tail, secs in table:
         g = torch.Generator().manual_seed(9)
         if name == "d":
+            plain, _ = duo.generate(duo_model, prompts, steps=int(steps), gen_length=16, temperature=1.0,
+                                    greedy_tail=False, generator=torch.Generator().manual_seed(9))
             samples, n = duo.generate(duo_model, prompts, steps=int(steps), gen_length=16, temperature=1.0, generator=g)
+            assert tail == f"{100 * (samples != plain)[:, 8:].float().mean():.1f}%"  # what the tail changed
         else:
+            assert tail == "-"
             samples, n = sample.generate_ancestral(mdlm, prompts, steps=int(steps), gen_length=16, temperature=1.0,
                                                    generator=g)
         assert float(nfe) == round(n, 1) and float(ppl) == round(gen_ppl(judge, samples, 8), 2)
@@ -167,8 +171,8 @@ def test_fewstep_passes_duo_its_sampler_options(capsys):
     duo_model, judge = tiny_model(T=40, time_cond=True), tiny_model(causal=True, T=40)
     prompts = torch.randint(0, 10, (4, 8), generator=torch.Generator().manual_seed(3))
     bench.bench_fewstep([("d", duo_model)], judge, prompts, 16, [4], temperature=1.0, top_p=0.8, greedy_tail=False, seed=9)
-    (name, kind, steps, nfe, ppl, h, secs), = rows(capsys.readouterr().out)
-    assert kind == "duo, top_p 0.8"
+    (name, kind, steps, nfe, ppl, h, tail, secs), = rows(capsys.readouterr().out)
+    assert kind == "duo, top_p 0.8" and tail == "-"
     import duo
     samples, _ = duo.generate(duo_model, prompts, steps=4, gen_length=16, temperature=1.0, top_p=0.8, greedy_tail=False,
                               generator=torch.Generator().manual_seed(9))
