@@ -169,12 +169,12 @@ def bench_fewstep(models, judge, prompts, L, step_counts, *, temperature=1.0, to
                 kind = "duo" + (", greedy tail" if greedy_tail else "") + (f", top_p {top_p}" if top_p < 1 else "")
                 fn = lambda: duo.generate(model, prompts, steps=steps, gen_length=L, temperature=temperature,  # noqa: E731
                                           top_p=top_p, greedy_tail=greedy_tail, generator=g,
-                                          on_step=lambda x, changed: last.update(share=changed[:, P:].float().mean()))
+                                          on_step=lambda x, changed: last.update(changed=changed))
             else:
                 kind, fn = "mdlm ancestral", lambda: sample.generate_ancestral(
                     model, prompts, steps=steps, gen_length=L, temperature=temperature, generator=g)
             (samples, nfe), secs = timed(fn)
-            rewrites = f"{100 * last['share']:.1f}%" if tail else "-"
+            rewrites = f"{100 * last['changed'][:, P:].float().mean():.1f}%" if tail else "-"
             print(f"| {name} | {kind} | {steps} | {nfe:.1f} | {gen_ppl(judge, samples, P):.2f} | "
                   f"{entropy(samples, P):.3f} | {rewrites} | {secs / len(prompts):.3f} |", flush=True)
 
