@@ -94,6 +94,10 @@ seed = 1337
 # -----------------------------------------------------------------------------
 config_keys = [k for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str))]
 defaults = {k: globals()[k] for k in config_keys}
+# Under torchrun every rank meets the same bad input and says so. Python's stderr is unbuffered, so
+# sys.exit(msg) writes msg and its newline in two calls and two ranks' lines can run into one;
+# line-buffered, each line leaves in one write (tqdm's '\r' flushes too).
+sys.stderr.reconfigure(line_buffering=True, write_through=False)
 globals().update(configure(defaults))
 config = {k: globals()[k] for k in config_keys}
 # every option against its range and the others, before any work (under torchrun every process

@@ -192,6 +192,21 @@ def test_a_bad_option_stops_every_torchrun_process_with_the_same_line(world):
     assert len(lines) == 2 and len(set(lines)) == 1 and "multiple of the 2 processes" in lines[0], r.stderr
 
 
+def test_an_error_line_leaves_train_py_in_one_write(tmp_path):
+    """The line above, made deterministic: two ranks' lines can only run into one if a line leaves in
+    two writes. A sitecustomize swaps in a stderr (unbuffered, as Python's own) whose raw file marks the
+    end of every write with '|'."""
+    (tmp_path / "sitecustomize.py").write_text(
+        "import io, os, sys\n"
+        "class Marked(io.RawIOBase):\n"
+        "    def writable(self): return True\n"
+        "    def write(self, b): os.write(2, bytes(b) + b'|'); return len(b)\n"
+        "sys.stderr = io.TextIOWrapper(Marked(), write_through=True)\n")
+    r = run("train.py", "--batch_size=0", env={"PYTHONPATH": str(tmp_path)})
+    assert r.returncode != 0
+    assert r.stderr.startswith("error: ") and r.stderr.count("|") == 1 and r.stderr.endswith("\n|"), r.stderr
+
+
 def test_a_run_from_scratch_never_replaces_a_checkpoint_unless_told(tiny_data, tmp_path):
     args = [f"--dataset={tiny_data}", f"--out_dir={tmp_path}", *TINY_TRAIN]
     assert run("train.py", *args, "--max_iters=3").returncode == 0
