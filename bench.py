@@ -153,18 +153,21 @@ def bench_fast(model, judge, prompts, Ls, *, block_length=32, temperature=0.0, t
         print(f"| {L} | {full:.1f} ms | {step:.1f} ms | {full / step:.1f} |")
 
 
-def bench_fewstep(models, judge, prompts, L, step_counts, *, temperature=1.0, top_p=1.0, greedy_tail=True, seed=1337):
+def bench_fewstep(models, judge, prompts, L, step_counts, *, temperature=1.0, top_p=1.0, greedy_tail=True, seed=1337,
+                  real=None):
     """Few-step generation: every model at every step count, all prompts in one batch; a masked model
     by MDLM ancestral sampling (each step reveals by the true posterior), a uniform-state one by
     duo.generate (top_p, greedy_tail: its options). "tail rewrites": the share of generated tokens the
-    greedy tail changed (a model that trusts what it reads at t = 0 changes few). models: [(name, model)]."""
+    greedy tail changed (a model that trusts what it reads at t = 0 changes few). models: [(name, model)].
+    real: the val windows (B, P + L) the prompts come from; the share of their last L tokens that each
+    uniform-state model's tail rewrites is printed under the table (the same measure on data)."""
     P = prompts.size(1)
     print("| model | sampler | steps | NFE | gen PPL | entropy | tail rewrites | s/sample |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, model in models:
         for steps in step_counts:
             g, last = torch.Generator(device=prompts.device).manual_seed(seed), {}
-            tail = model.config.time_cond and greedy_tail  # the last on_step call is the tail's
+            has_tail = model.config.time_cond and greedy_tail  # the last on_step call is the tail's
             if model.config.time_cond:
                 kind = "duo" + (", greedy tail" if greedy_tail else "") + (f", top_p {top_p}" if top_p < 1 else "")
                 fn = lambda: duo.generate(model, prompts, steps=steps, gen_length=L, temperature=temperature,  # noqa: E731
@@ -174,9 +177,13 @@ def bench_fewstep(models, judge, prompts, L, step_counts, *, temperature=1.0, to
                 kind, fn = "mdlm ancestral", lambda: sample.generate_ancestral(
                     model, prompts, steps=steps, gen_length=L, temperature=temperature, generator=g)
             (samples, nfe), secs = timed(fn)
-            rewrites = f"{100 * last['changed'][:, P:].float().mean():.1f}%" if tail else "-"
+            rewrites = f"{100 * last['changed'][:, P:].float().mean():.1f}%" if has_tail else "-"
             print(f"| {name} | {kind} | {steps} | {nfe:.1f} | {gen_ppl(judge, samples, P):.2f} | "
                   f"{entropy(samples, P):.3f} | {rewrites} | {secs / len(prompts):.3f} |", flush=True)
+    for name, model in models:
+        if real is not None and model.config.time_cond:
+            print(f"\n{name}: its greedy tail rewrites {100 * (duo.tail(model, real) != real)[:, P:].float().mean():.1f}%"
+                  " of the val text itself")
 
 
 @torch.no_grad()
@@ -252,9 +259,9 @@ if __name__ == "__main__":
             prompts, real = prompts_for(data_dir, prompt_len + gen_length, num_samples, prompt_len)
         except ValueError as e:
             fail(e)
-        bench_fewstep(models, judge_model.eval(), prompts.to(device), gen_length, parse_lengths(step_counts),
-                      temperature=temperature, top_p=top_p, greedy_tail=greedy_tail, seed=seed)
         real = real.to(device)
+        bench_fewstep(models, judge_model.eval(), prompts.to(device), gen_length, parse_lengths(step_counts),
+                      temperature=temperature, top_p=top_p, greedy_tail=greedy_tail, seed=seed, real=real)
         print(f"\n{num_samples} samples of {gen_length} tokens after {prompt_len}-token val prompts, temperature "
               f"{temperature}, one batch; val text: gen PPL {gen_ppl(judge_model, real, prompt_len):.2f}, entropy "
               f"{entropy(real, prompt_len):.3f}. Judge: {judge}.")

@@ -242,6 +242,14 @@ def filter_top(p, top_k=0, top_p=1.0):
 
 
 @torch.no_grad()
+def tail(model, x):
+    """The greedy tail: the model reads x (B, T) as clean (t = 0, sigma = 0) and every position takes its
+    most likely token (B, T). A model that trusted clean input would hand clean text back unchanged."""
+    K = model.config.vocab_size - 1
+    return model(x, sigma=torch.zeros(len(x), device=x.device))[..., :K].argmax(-1)
+
+
+@torch.no_grad()
 def generate(model, prompt, *, steps=128, gen_length=128, temperature=1.0, top_k=0, top_p=1.0, greedy_tail=True,
              eps=EPS, generator=None, on_step=None):
     """Ancestral sampling on the grid 1 = t_0 > ... > t_steps = 0. The canvas is the prompt (B, P), kept
@@ -267,8 +275,8 @@ def generate(model, prompt, *, steps=128, gen_length=128, temperature=1.0, top_k
         if i < steps:
             a_t, a_s = alpha(ts[i], eps)[0].item(), alpha(ts[i + 1], eps)[0].item()
             new = add_gumbel_noise(posterior(predict(x, a_t), x, a_t, a_s).log(), 1.0, generator).argmax(-1)
-        else:  # the greedy tail, at t = 0
-            new = predict(x, 1.0).argmax(-1)
+        else:
+            new = tail(model, x)
         changed = free & (new != x)
         x = torch.where(free, new, x)
         if on_step:

@@ -147,8 +147,15 @@ def test_fast_table_on_a_task_has_accuracy_and_an_ar_row(capsys):
 def test_fewstep_table_matches_a_recomputation(capsys):
     mdlm, duo_model, judge = tiny_model(T=40), tiny_model(T=40, time_cond=True), tiny_model(causal=True, T=40)
     prompts = torch.randint(0, 10, (4, 8), generator=torch.Generator().manual_seed(3))
-    bench.bench_fewstep([("m", mdlm), ("d", duo_model)], judge, prompts, 16, [2, 8], temperature=1.0, seed=9)
-    table = rows(capsys.readouterr().out)
+    real = torch.cat([prompts, torch.randint(0, 10, (4, 16), generator=torch.Generator().manual_seed(4))], 1)
+    bench.bench_fewstep([("m", mdlm), ("d", duo_model)], judge, prompts, 16, [2, 8], temperature=1.0, seed=9, real=real)
+    out = capsys.readouterr().out
+    table = rows(out)
+    # under the table, the Duo model's tail on the val text itself (read as clean: sigma = 0, argmax)
+    with torch.no_grad():
+        on_data = duo_model(real, sigma=torch.zeros(4))[..., :-1].argmax(-1)
+    assert out.count("greedy tail rewrites") == 1
+    assert f"d: its greedy tail rewrites {100 * (on_data != real)[:, 8:].float().mean():.1f}% of the val text" in out
     assert [(r[0], r[1], r[2]) for r in table] == [("m", "mdlm ancestral", "2"), ("m", "mdlm ancestral", "8"),
                                                    ("d", "duo, greedy tail", "2"), ("d", "duo, greedy tail", "8")]
     import duo
@@ -159,6 +166,7 @@ def test_fewstep_table_matches_a_recomputation(capsys):
                                     greedy_tail=False, generator=torch.Generator().manual_seed(9))
             samples, n = duo.generate(duo_model, prompts, steps=int(steps), gen_length=16, temperature=1.0, generator=g)
             assert tail == f"{100 * (samples != plain)[:, 8:].float().mean():.1f}%"  # what the tail changed
+            assert torch.equal(samples[:, 8:], duo.tail(duo_model, plain)[:, 8:])  # one argmax pass over the plain run
         else:
             assert tail == "-"
             samples, n = sample.generate_ancestral(mdlm, prompts, steps=int(steps), gen_length=16, temperature=1.0,
