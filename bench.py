@@ -14,38 +14,32 @@ generated tokens with the baseline's. Speed-ups are ratios of tokens/s measured 
 (generated non-EOS tokens over wall-clock; the prompt is never counted).
 """
 
-import os
-import pickle
 import sys
 import time
 
 import torch
 
-import ar
-import duo
-import fast_sample
-import sample
 from configurator import NON_NEGATIVE, POSITIVE, UNIT, check, check_device, configure, fail, one_of, rule
-from eval import entropy, gen_ppl, generated, val_windows
+from eval import entropy, generated, load_judge, quality, val_prompts
+from families import load, options_of
 from sample import cut_at_eos
-from model import load_checkpoint
-from tokenizer import load_sft, same_tokens
+from tokenizer import dataset_dir, same_tokens
 from unmask import canvas
 
 # -----------------------------------------------------------------------------
-what = "samplers"               # 'samplers' (sample.py), 'fast' (fast_sample.py vs sample.py) or 'fewstep' (MDLM vs Duo)
+what = "samplers"               # 'samplers' (masked diffusion's samplers), 'fast' (Fast-dLLM vs LLaDA) or 'fewstep'
 out_dir = "out-shakespeare-char"  # fewstep: comma-separated out_dirs
 judge = "out-judge-char"
 num_samples = 8                 # prompts (one generation each per row)
 prompt_len = 16
-gen_length = 96                 # samplers: the generation length
+gen_length = 96                 # samplers, fewstep: the generation length
 lengths = "128,256,512,1024"    # fast: generation lengths (those that fit the model's context)
 temperature = 0.0
 block_length = 32
 threshold = 0.9
 factor = 1.0
 eta = 0.02                      # remdm's re-masking cap
-ar_out_dir = ""                 # fast: also an AR model's greedy decoding with its K/V cache, in the same table
+ar_out_dir = ""                 # fast: also another model's decoding (an AR one: greedy with its K/V cache) in the table
 split = "val"                   # fast, on a task (SFT records): the split whose prompts are answered
 step_counts = "8,16,32,64,256"  # fewstep: the numbers of sampling steps
 top_p = 1.0                     # fewstep, Duo: nucleus on the model's prediction (as sample.py)
@@ -74,15 +68,12 @@ def run(fns, prompts, seed=1337):
             g = torch.Generator(device=prompts.device).manual_seed(seed + j)
             (out, n), dt = timed(lambda: fn(prompts[j:j + 1], g))
             outs, nfe, secs = res[i]
-            res[i] = (outs + [out], nfe + (n or 0), secs + dt)
+            res[i] = (outs + [out], nfe + n, secs + dt)
     return [(torch.cat(outs), nfe / len(prompts), secs) for outs, nfe, secs in res]
 
 
-def bench_samplers(model, judge, prompts, L, *, block_length=32, temperature=0.0, eta=0.02, seed=1337, eos=-1):
-    """One row per sampler and step count: NFE, gen PPL, entropy, seconds per sample."""
-    P = prompts.size(1)
-    print("| sampler | steps | NFE | gen PPL | entropy | s/sample |")
-    print("| --- | --- | --- | --- | --- | --- |")
+def sampler_rows(L, block_length, eta):
+    """(name, steps, options) of every masked-diffusion sampler setting the samplers table compares."""
     rows = []
     for steps in (L // 4, L // 2, L):
         for name, rm, bl in [(f"llada low_confidence, blocks of {block_length}", "low_confidence", block_length),
@@ -91,42 +82,54 @@ def bench_samplers(model, judge, prompts, L, *, block_length=32, temperature=0.0
                              (f"llada entropy, blocks of {block_length}", "entropy", block_length),
                              ("llada random, one block", "random", L)]:
             if steps % (L // bl) == 0:
-                rows.append((name, steps, lambda x, g, s=steps, rm=rm, bl=bl: sample.generate(
-                    model, x, steps=s, gen_length=L, block_length=bl, temperature=temperature, remasking=rm,
-                    eos_id=eos, generator=g)))
+                rows.append((name, steps, dict(sampler="llada", remasking=rm, block_length=bl)))
     for steps in (L // 4, L // 2, L, 2 * L):  # more steps than tokens: room for ReMDM to revise
-        for name, e in [("mdlm ancestral", 0.0), (f"remdm (eta {eta})", eta)]:
-            rows.append((name, steps, lambda x, g, s=steps, e=e: sample.generate_ancestral(
-                model, x, steps=s, gen_length=L, temperature=temperature, eta=e, eos_id=eos, generator=g)))
-    for (name, steps, _), (samples, nfe, secs) in zip(rows, run([fn for _, _, fn in rows], prompts, seed)):
-        ppl, h = gen_ppl(judge, samples, P, eos), entropy(samples, P, eos)
-        print(f"| {name} | {steps} | {nfe:.1f} | {ppl:.2f} | {h:.3f} | {secs / len(prompts):.2f} |", flush=True)
+        rows += [("mdlm ancestral", steps, dict(sampler="ancestral")),
+                 (f"remdm (eta {eta})", steps, dict(sampler="remdm", eta=eta))]
+    return rows
 
 
-def bench_fast(model, judge, prompts, Ls, *, block_length=32, temperature=0.0, threshold=0.9, factor=1.0,
-               seed=1337, eos=-1, answers=None, ar_model=None):
-    """For each generation length: the baseline (sample.py) and Fast-dLLM's caches and rules, with
+def bench_samplers(model, fam, judge, prompts, L, *, block_length=32, temperature=0.0, eta=0.02, seed=1337, eos=-1):
+    """One row per sampler and step count: NFE, gen PPL, entropy, seconds per sample."""
+    P = prompts.size(1)
+    print("| sampler | steps | NFE | gen PPL | entropy | s/sample |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    rows = sampler_rows(L, block_length, eta)
+    fns = [lambda x, g, s=steps, o=o: fam.generate(model, x, steps=s, gen_length=L, temperature=temperature, eos_id=eos,
+                                                     generator=g, **o) for _, steps, o in rows]
+    for (name, steps, _), (samples, nfe, secs) in zip(rows, run(fns, prompts, seed)):
+        print(f"| {name} | {steps} | {nfe:.1f} | " + " | ".join(quality(judge, samples, P, eos))
+              + f" | {secs / len(prompts):.2f} |", flush=True)
+
+
+def fast_rows(threshold, factor, eos):
+    """(name, options) of the LLaDA baseline and every Fast-dLLM setting the fast table compares."""
+    rows = [("baseline (llada)", dict(fast=False)),
+            (f"+ parallel (threshold {threshold})", dict(cache="none", threshold=threshold)),
+            ("+ prefix cache", dict(cache="prefix", threshold=0.0)),
+            ("+ dual cache", dict(cache="dual", threshold=0.0)),
+            (f"+ prefix cache + parallel ({threshold})", dict(cache="prefix", threshold=threshold)),
+            (f"+ dual cache + parallel ({threshold})", dict(cache="dual", threshold=threshold)),
+            (f"+ dual cache + factor ({factor})", dict(cache="dual", threshold=0.0, factor=factor))]
+    if eos >= 0:  # how much of the speed-up is the EOS stop (the reference decodes every position)
+        rows.append((f"+ dual cache + parallel ({threshold}), no EOS stop",
+                     dict(cache="dual", threshold=threshold, eos_stop=False)))
+    return [(name, dict(dict(fast=True), **o)) for name, o in rows]
+
+
+def bench_fast(model, fam, judge, prompts, Ls, *, block_length=32, temperature=0.0, threshold=0.9, factor=1.0,
+               seed=1337, eos=-1, answers=None, other=None):
+    """For each generation length: the baseline (LLaDA's sampler) and Fast-dLLM's caches and rules, with
     tok/s, NFE, speed-up, quality and agreement with the baseline's tokens; then the cost of one full
     forward against one dual-cache block step. Quality: gen PPL and entropy under the judge, or, for a
-    task (answers: the right answer of each prompt), exact-match accuracy. ar_model: also an AR model's
-    greedy decoding with its K/V cache (ar.generate), stopping at EOS, in the same run."""
+    task (answers: the right answer of each prompt), exact-match accuracy. other: (name, model, family)
+    of another model decoding the same prompts in the same run (an AR one: greedy with its K/V cache)."""
     P = prompts.size(1)
-    configs = [("baseline (sample.py)", None),
-               (f"+ parallel (threshold {threshold})", dict(cache="none", threshold=threshold)),
-               ("+ prefix cache", dict(cache="prefix", threshold=0.0)),
-               ("+ dual cache", dict(cache="dual", threshold=0.0)),
-               (f"+ prefix cache + parallel ({threshold})", dict(cache="prefix", threshold=threshold)),
-               (f"+ dual cache + parallel ({threshold})", dict(cache="dual", threshold=threshold)),
-               (f"+ dual cache + factor ({factor})", dict(cache="dual", threshold=0.0, factor=factor))]
-    if eos >= 0:  # how much of the speed-up is the EOS stop (the reference decodes every position)
-        configs.append((f"+ dual cache + parallel ({threshold}), no EOS stop",
-                        dict(cache="dual", threshold=threshold, eos_stop=False)))
-    if ar_model is not None:
-        configs.append(("AR greedy + K/V cache (ar.py)", "ar"))
+    rows = fast_rows(threshold, factor, eos)
 
-    def quality(samples):
+    def score(samples):
         if answers is None:
-            return [f"{gen_ppl(judge, samples, P, eos):.2f}", f"{entropy(samples, P, eos):.3f}"]
+            return quality(judge, samples, P, eos)
         right = [cut_at_eos(row[P:], eos, 0) == a for row, a in zip(samples.tolist(), answers)]
         return [f"{100 * sum(right) / len(right):.1f}%"]
     cols = "gen PPL | entropy" if answers is None else "accuracy"
@@ -134,18 +137,19 @@ def bench_fast(model, judge, prompts, Ls, *, block_length=32, temperature=0.0, t
     print("| --- " * (8 + (answers is None)) + "|")
     for L in Ls:  # one length at a time, every method on the same prompts, the baseline first
         opts = dict(steps=L, gen_length=L, block_length=block_length, temperature=temperature, eos_id=eos)
-        fns = [(lambda x, g, o=opts: sample.generate(model, x, generator=g, **o)) if kw is None else
-               (lambda x, g, L=L: (ar.generate(ar_model, x, L, temperature, g, eos_id=eos), None)) if kw == "ar" else
-               (lambda x, g, o=opts, kw=kw: fast_sample.generate(model, x, generator=g, **o, **kw)) for _, kw in configs]
-        for (name, kw), (samples, nfe, secs) in zip(configs, run(fns, prompts, seed)):
+        fns = [lambda x, g, o=o: fam.generate(model, x, generator=g, **opts, **o) for _, o in rows]
+        names = [name for name, _ in rows]
+        if other is not None:
+            name, net2, fanet2 = other
+            names.append(f"{name} ({fanet2.describe()})")
+            fns.append(lambda x, g: fanet2.generate(net2, x, gen_length=L, temperature=temperature, eos_id=eos, generator=g))
+        for i, (name, (samples, nfe, secs)) in enumerate(zip(names, run(fns, prompts, seed))):
             tokens = int(generated(samples, P, eos).sum())  # before the first EOS, as the output is cut
-            if kw is None:
+            if i == 0:
                 base, base_tok_s = samples, tokens / secs
-            if kw == "ar":  # one forward per token written, EOS included
-                nfe = float(generated(samples, P, eos).sum(1).add(1).clamp(max=L).float().mean())
             agree = (samples[:, P:] == base[:, P:]).float().mean().item()
             print(f"| {L} | {name} | {tokens / secs:.1f} | {nfe:.1f} | {tokens / secs / base_tok_s:.1f}x | "
-                  f"{tokens / len(prompts):.0f} | " + " | ".join(quality(samples)) + f" | {agree:.2f} |", flush=True)
+                  f"{tokens / len(prompts):.0f} | " + " | ".join(score(samples)) + f" | {agree:.2f} |", flush=True)
     print("\n| L | one forward: all P + L positions | one block with the dual cache | ratio |")
     print("| --- | --- | --- | --- |")
     for L in Ls:  # what a baseline step and a cached step cost (medians of 20, batch 1)
@@ -155,34 +159,29 @@ def bench_fast(model, judge, prompts, Ls, *, block_length=32, temperature=0.0, t
 
 def bench_fewstep(models, judge, prompts, L, step_counts, *, temperature=1.0, top_p=1.0, greedy_tail=True, seed=1337,
                   real=None):
-    """Few-step generation: every model at every step count, all prompts in one batch; a masked model
-    by MDLM ancestral sampling (each step reveals by the true posterior), a uniform-state one by
-    duo.generate (top_p, greedy_tail: its options). "tail rewrites": the share of generated tokens the
-    greedy tail changed (a model that trusts what it reads at t = 0 changes few). models: [(name, model)].
-    real: the val windows (B, P + L) the prompts come from; the share of their last L tokens that each
-    uniform-state model's tail rewrites is printed under the table (the same measure on data)."""
+    """Few-step generation: every model at every step count, all prompts in one batch, each by its
+    family's sampler (masked diffusion: MDLM ancestral sampling; uniform-state: duo.generate with
+    top_p and greedy_tail). "tail rewrites": the share of generated tokens the greedy tail changed (a
+    model that trusts what it reads at t = 0 changes few). models: [(name, model, family)]. real: the
+    val windows (B, P + L) the prompts come from; the share of their last L tokens that each greedy
+    tail rewrites is printed under the table (the same measure on data)."""
     P = prompts.size(1)
     print("| model | sampler | steps | NFE | gen PPL | entropy | tail rewrites | s/sample |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    for name, model in models:
+    pool = dict(sampler="ancestral", top_p=top_p, greedy_tail=greedy_tail)
+    for name, model, fam in models:
+        opts = options_of(fam.sample_options, pool)
         for steps in step_counts:
             g, last = torch.Generator(device=prompts.device).manual_seed(seed), {}
-            has_tail = model.config.time_cond and greedy_tail  # the last on_step call is the tail's
-            if model.config.time_cond:
-                kind = "duo" + (", greedy tail" if greedy_tail else "") + (f", top_p {top_p}" if top_p < 1 else "")
-                fn = lambda: duo.generate(model, prompts, steps=steps, gen_length=L, temperature=temperature,  # noqa: E731
-                                          top_p=top_p, greedy_tail=greedy_tail, generator=g,
-                                          on_step=lambda x, changed: last.update(changed=changed))
-            else:
-                kind, fn = "mdlm ancestral", lambda: sample.generate_ancestral(
-                    model, prompts, steps=steps, gen_length=L, temperature=temperature, generator=g)
-            (samples, nfe), secs = timed(fn)
-            rewrites = f"{100 * last['changed'][:, P:].float().mean():.1f}%" if has_tail else "-"
-            print(f"| {name} | {kind} | {steps} | {nfe:.1f} | {gen_ppl(judge, samples, P):.2f} | "
-                  f"{entropy(samples, P):.3f} | {rewrites} | {secs / len(prompts):.3f} |", flush=True)
-    for name, model in models:
-        if real is not None and model.config.time_cond:
-            print(f"\n{name}: its greedy tail rewrites {100 * (duo.tail(model, real) != real)[:, P:].float().mean():.1f}%"
+            (samples, nfe), secs = timed(lambda: fam.generate(
+                model, prompts, steps=steps, gen_length=L, temperature=temperature, generator=g,
+                on_step=lambda x, changed: last.update(changed=changed), **opts))
+            rewrites = f"{100 * last['changed'][:, P:].float().mean():.1f}%" if opts.get("greedy_tail") else "-"
+            print(f"| {name} | {fam.describe(**opts)} | {steps} | {nfe:.1f} | "
+                  + " | ".join(quality(judge, samples, P)) + f" | {rewrites} | {secs / len(prompts):.3f} |", flush=True)
+    for name, model, fam in models:
+        if real is not None and options_of(fam.sample_options, pool).get("greedy_tail"):
+            print(f"\n{name}: its greedy tail rewrites {100 * (fam.tail(model, real) != real)[:, P:].float().mean():.1f}%"
                   " of the val text itself")
 
 
@@ -198,23 +197,6 @@ def forward_costs(model, prompt, L, block_length, n=20):
     return ms(lambda: model(x)), ms(lambda: model(x[:, P:P + block_length], start=P, kv=kv))
 
 
-def prompts_for(data_dir, T, num_samples, prompt_len, split="val"):
-    """(num_samples prompts, what follows them), evenly spaced over a split: the starts of val windows
-    of T tokens and the windows themselves, or, for an SFT dataset, the prompts of its records (all of
-    one length, e.g. shakespeare_speech, automaton) and their responses."""
-    if os.path.exists(os.path.join(data_dir, f"{split}_sft.pkl")):
-        records = load_sft(data_dir, split, 10**9)
-        records = [records[i] for i in torch.linspace(0, len(records) - 1, num_samples).long().tolist()]
-        if len({len(p) for p, _, _ in records}) > 1 or any(h for _, _, h in records):
-            raise ValueError(f"the {split} prompts of {data_dir} must all have one length and no holes")
-        return torch.tensor([p for p, _, _ in records]), [r for _, r, _ in records]
-    w = val_windows(data_dir, T)
-    if len(w) == 0:
-        raise ValueError(f"the val split of {data_dir} is shorter than {T} tokens")
-    w = w[torch.linspace(0, len(w) - 1, num_samples).long()]
-    return w[:, :prompt_len], w
-
-
 def parse_lengths(text):
     """'128,256' -> [128, 256]; None unless every item is a positive integer."""
     try:
@@ -222,6 +204,65 @@ def parse_lengths(text):
     except ValueError:
         return None
     return Ls if all(L > 0 for L in Ls) else None
+
+
+def load_models(names, judge_meta=None):
+    """[(name, model, family)] of comma-separated out_dirs, in eval mode; with the judge's meta, each
+    must read the judge's tokens."""
+    models = []
+    for d in names.split(","):
+        net, ck, fam = load(d, device)
+        if judge_meta is not None and not same_tokens(ck["meta"], judge_meta):
+            fail(f"{d} and the judge {judge} were trained on different data")
+        models.append((d, net.eval(), fam, ck))
+    return models
+
+
+def fewstep_main():
+    judge_model, judge_ckpt = load_judge(judge, device)
+    models = load_models(out_dir, judge_ckpt["meta"])
+    for d, net, _, _ in models:
+        if prompt_len + gen_length > net.config.block_size:
+            fail(f"prompt_len + gen_length exceeds {d}'s context of {net.config.block_size}")
+    prompts, real = val_prompts(dataset_dir(judge_ckpt["config"]["dataset"]), prompt_len + gen_length, num_samples,
+                                prompt_len)
+    real = real.to(device)
+    bench_fewstep([(d, m, fam) for d, m, fam, _ in models], judge_model, prompts.to(device), gen_length,
+                  parse_lengths(step_counts), temperature=temperature, top_p=top_p, greedy_tail=greedy_tail, seed=seed,
+                  real=real)
+    print(f"\n{num_samples} samples of {gen_length} tokens after {prompt_len}-token val prompts, temperature "
+          f"{temperature}, one batch; val text: gen PPL, entropy {', '.join(quality(judge_model, real, prompt_len))}. "
+          f"Judge: {judge}.")
+
+
+def samplers_main(model, fam, ckpt, judge_model, data_dir, opts):
+    if prompt_len + gen_length > model.config.block_size:
+        fail(f"prompt_len + gen_length exceeds the model's context of {model.config.block_size}")
+    prompts, real = val_prompts(data_dir, prompt_len + gen_length, num_samples, prompt_len)
+    bench_samplers(model, fam, judge_model, prompts.to(device), gen_length, eta=eta, **opts)
+    print(f"\n{len(prompts)} samples of {gen_length} tokens after {prompt_len}-token val prompts, temperature "
+          f"{temperature}; val text: gen PPL, entropy {', '.join(quality(judge_model, real.to(device), prompt_len))}")
+
+
+def fast_main(model, fam, ckpt, judge_model, data_dir, opts):
+    task = ckpt["meta"].get("task")
+    other = None
+    if ar_out_dir:
+        (name, net2, fanet2, _), = load_models(ar_out_dir, ckpt["meta"])
+        other = (name, net2, fanet2)
+    Ls = parse_lengths(lengths)
+    prompts, follow = val_prompts(data_dir, prompt_len + max(Ls), num_samples, prompt_len, split)
+    P = prompts.size(1)
+    Ls = [L for L in Ls if P + L <= model.config.block_size]
+    if not Ls:
+        fail(f"no length in {lengths} fits the model's context of {model.config.block_size} with a {P}-token prompt")
+    bench_fast(model, fam, judge_model, prompts.to(device), Ls, threshold=threshold, factor=factor,
+               answers=follow if task else None, other=other, **opts)
+    print(f"\n{len(prompts)} prompts of {P} tokens, one at a time; steps = L, blocks of {block_length}, "
+          f"temperature {temperature}, low-confidence remasking; tok/s: generated tokens before the first EOS "
+          f"per second; speed-up: over the baseline's tok/s in this run; agree: the fraction of generated "
+          f"positions equal to the baseline's. {'Task: ' + task + ', ' + split + ' split' if task else 'Judge: ' + judge}. "
+          f"Device: {device}, {torch.get_num_threads()} threads.")
 
 
 if __name__ == "__main__":
@@ -233,89 +274,29 @@ if __name__ == "__main__":
                           step_counts=rule(parse_lengths, "comma-separated positive integers"),
                           temperature=NON_NEGATIVE, block_length=POSITIVE, threshold=UNIT, factor=NON_NEGATIVE,
                           eta=UNIT, seed=NON_NEGATIVE, top_p=rule(lambda v: 0 < v <= 1, "in (0, 1]")))
-    Ls = parse_lengths(lengths)
-    for L in [gen_length] if what == "samplers" else Ls if what == "fast" else []:
-        if L % block_length:
-            fail(f"--block_length={block_length} must divide every generation length ({L})")
     if what != "fewstep" and "," in out_dir:
         fail(f"--out_dir={out_dir!r}: one checkpoint for --what={what} (several only for --what=fewstep)")
     if not all(out_dir.split(",")):
         fail(f"--out_dir={out_dir!r} has an empty name")
     check_device(device)
-    if what == "fewstep":
-        judge_model, judge_ckpt = load_checkpoint(judge, device, hint="train the judge: python train.py config/judge.py")
-        if not judge_model.config.causal:
-            fail(f"the judge {judge} must be an autoregressive model")
-        models = []
-        for d in out_dir.split(","):
-            m, ck = load_checkpoint(d, device)
-            if m.config.causal or not same_tokens(ck["meta"], judge_ckpt["meta"]):
-                fail(f"{d} must be a diffusion model trained on the judge's data")
-            if prompt_len + gen_length > m.config.block_size:
-                fail(f"prompt_len + gen_length exceeds {d}'s context of {m.config.block_size}")
-            models.append((d, m.eval()))
-        data_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", judge_ckpt["config"]["dataset"])
-        try:
-            prompts, real = prompts_for(data_dir, prompt_len + gen_length, num_samples, prompt_len)
-        except ValueError as e:
-            fail(e)
-        real = real.to(device)
-        bench_fewstep(models, judge_model.eval(), prompts.to(device), gen_length, parse_lengths(step_counts),
-                      temperature=temperature, top_p=top_p, greedy_tail=greedy_tail, seed=seed, real=real)
-        print(f"\n{num_samples} samples of {gen_length} tokens after {prompt_len}-token val prompts, temperature "
-              f"{temperature}, one batch; val text: gen PPL {gen_ppl(judge_model, real, prompt_len):.2f}, entropy "
-              f"{entropy(real, prompt_len):.3f}. Judge: {judge}.")
-        sys.exit(0)
-    model, ckpt = load_checkpoint(out_dir, device)
-    task = ckpt["meta"].get("task")  # a task is scored by its answers: no judge needed
-    if model.config.causal or model.config.time_cond:
-        fail("out_dir must hold a masked diffusion model (Duo: --what=fewstep)")
-    if task and what != "fast":
-        fail(f"{out_dir} was trained on a task ({task}): --what=fast, or eval.py --mode=accuracy")
-    if not task:
-        judge_model, judge_ckpt = load_checkpoint(judge, device, hint="train the judge: python train.py config/judge.py")
-        if not judge_model.config.causal:
-            fail(f"the judge {judge} must be an autoregressive model")
-        if not same_tokens(ckpt["meta"], judge_ckpt["meta"]):
-            fail(f"{out_dir} and the judge {judge} were trained on different data")
-        judge_model.eval()
-    ar_model = None
-    if ar_out_dir:
-        ar_model, ar_ckpt = load_checkpoint(ar_out_dir, device)
-        if not ar_model.config.causal or not same_tokens(ar_ckpt["meta"], ckpt["meta"]):
-            fail(f"--ar_out_dir={ar_out_dir} must hold an AR model trained on {out_dir}'s data")
-        ar_model.eval()
-    model.eval()
-    data_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", ckpt["config"]["dataset"])
-    if not any(os.path.isfile(os.path.join(data_dir, f)) for f in ("val.bin", "val_sft.pkl")):
-        fail(f"{out_dir}'s dataset {data_dir} is not prepared")
-    eos = ckpt["meta"].get("eos_id", -1)
-    torch.manual_seed(seed)
-    opts = dict(block_length=block_length, temperature=temperature, seed=seed, eos=eos)
     try:
-        if what == "samplers":
-            if prompt_len + gen_length > model.config.block_size:
-                fail(f"prompt_len + gen_length exceeds the model's context of {model.config.block_size}")
-            prompts, real = prompts_for(data_dir, prompt_len + gen_length, num_samples, prompt_len)
-            bench_samplers(model, judge_model, prompts.to(device), gen_length, eta=eta, **opts)
-            if torch.is_tensor(real):
-                real = real.to(device)
-                print(f"\n{len(prompts)} samples of {gen_length} tokens after {prompt_len}-token val prompts, "
-                      f"temperature {temperature}; val text: gen PPL {gen_ppl(judge_model, real, prompt_len):.2f}, "
-                      f"entropy {entropy(real, prompt_len):.3f}")
-        else:
-            prompts, follow = prompts_for(data_dir, prompt_len + max(Ls), num_samples, prompt_len, split)
-            P = prompts.size(1)
-            Ls = [L for L in Ls if P + L <= model.config.block_size]
-            if not Ls:
-                fail(f"no length in {lengths} fits the model's context of {model.config.block_size} with a "
-                     f"{P}-token prompt")
-            bench_fast(model, None if task else judge_model, prompts.to(device), Ls, threshold=threshold,
-                       factor=factor, answers=follow if task else None, ar_model=ar_model, **opts)
-            print(f"\n{len(prompts)} prompts of {P} tokens, one at a time; steps = L, blocks of {block_length}, "
-                  f"temperature {temperature}, low-confidence remasking; tok/s: generated tokens before the first EOS "
-                  f"per second; speed-up: over the baseline's tok/s in this run; agree: the fraction of generated "
-                  f"positions equal to the baseline's. {'Task: ' + task + ', ' + split + ' split' if task else 'Judge: ' + judge}. "
-                  f"Device: {device}, {torch.get_num_threads()} threads.")
+        if what == "fewstep":
+            fewstep_main()
+            sys.exit(0)
+        (_, model, fam, ckpt), = load_models(out_dir)
+        needs = {"samplers": ("sampler", "remasking", "eta"), "fast": ("fast", "cache", "threshold", "factor")}[what]
+        if set(needs) - set(fam.sample_options):
+            fail(f"--what={what} compares masked diffusion's samplers; {out_dir}'s family has other options "
+                 f"({', '.join(fam.sample_options) or 'none'}): use --what=fewstep")
+        for L in [gen_length] if what == "samplers" else parse_lengths(lengths):
+            fam.check_sampling(steps=L, gen_length=L, block_length=block_length)
+        task = ckpt["meta"].get("task")  # a task is scored by its answers: no judge needed
+        if task and what != "fast":
+            fail(f"{out_dir} was trained on a task ({task}): --what=fast, or eval.py --mode=accuracy")
+        judge_model = None if task else load_judge(judge, device, ckpt["meta"])[0]
+        opts = dict(block_length=block_length, temperature=temperature, seed=seed, eos=ckpt["meta"].get("eos_id", -1))
+        torch.manual_seed(seed)
+        (samplers_main if what == "samplers" else fast_main)(model, fam, ckpt, judge_model,
+                                                             dataset_dir(ckpt["config"]["dataset"]), opts)
     except ValueError as e:
         fail(e)

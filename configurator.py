@@ -76,7 +76,7 @@ def configure(defaults, argv=None):
     return cfg
 
 
-def given(argv=None):
+def command_line_keys(argv=None):
     """The keys set by --key=value (or a bare --flag) on the command line, not by a config file: where a
     script's default depends on the task, or a config file's recipe serves another objective."""
     argv = sys.argv[1:] if argv is None else argv

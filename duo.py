@@ -19,7 +19,7 @@ Schiff et al. 2025; Duo eq. 4), per token with z the noisy token, p the model's 
     xb_p = K a p + (1 - a),  xb = K a onehot(x) + (1 - a)
     -(a'/(K a)) [ K / xb_p[z] - K / xb[z] + sum_j (xb_j / xb[z]) log(xb_p[z] xb_j / (xb_p[j] xb[z])) ]
 zero at a perfect prediction, positive otherwise (nelbo() computes it without building xb). It is
-trained and always evaluated on the discrete log-linear schedule alpha_t = 1 - (1 - eps) t, so the
+trained and always evaluated on the discrete log-linear schedule alpha_t = 1 - (1 - ALPHA_MIN) t, so the
 number is a bound comparable with MDLM's (diffusion.py).
 
 Curriculum (Duo section 4.1). Early in training the model reads softmax(w_t / tau), tau = 1e-3, a
@@ -43,6 +43,7 @@ Duo 25.2 perplexity.
 train.py calls noise()/loss() (and dcd_noise()/dcd_loss() for distillation), as for diffusion.py.
 """
 
+import copy
 import math
 
 import torch
@@ -51,21 +52,22 @@ from torch.nn import functional as F
 from diffusion import sample_t
 from unmask import add_gumbel_noise
 
-EPS = 1e-3  # alpha_t >= EPS: the log-linear schedule stops just short of pure noise
+ALPHA_MIN = 1e-3  # alpha_1: the log-linear schedule stops just short of pure noise
 
 
-def alpha(t, eps=EPS):
-    """The discrete log-linear schedule alpha_t = 1 - (1 - eps) t and d alpha_t / dt, side by side."""
-    return 1 - (1 - eps) * t, torch.full_like(t, -(1 - eps))
+def log_linear(t):
+    """The discrete log-linear schedule alpha_t = 1 - (1 - ALPHA_MIN) t and d alpha_t / dt, side by side."""
+    return 1 - (1 - ALPHA_MIN) * t, torch.full_like(t, -(1 - ALPHA_MIN))
 
 
-def prior_kl(K, eps=EPS):
-    """The bound's prior term KL(q(z_1 | x) || uniform) at alpha_1 = eps: q(z_1 = x) = eps + (1 - eps)/K,
-    each other token (1 - eps)/K. 3e-5 nats for K = 65, 3e-3 for K = 50257."""
-    return (eps + (1 - eps) / K) * math.log1p((K - 1) * eps) + (K - 1) * (1 - eps) / K * math.log1p(-eps)
+def prior_kl(K):
+    """The bound's prior term KL(q(z_1 | x) || uniform) at alpha_1 = a = ALPHA_MIN: q(z_1 = x) = a + (1 - a)/K,
+    each other token (1 - a)/K."""
+    a = ALPHA_MIN
+    return (a + (1 - a) / K) * math.log1p((K - 1) * a) + (K - 1) * (1 - a) / K * math.log1p(-a)
 
 
-def q_sample(x0, alpha_t, K, generator=None):
+def q_uniform(x0, alpha_t, K, generator=None):
     """Uniform-state forward process: x0 (B, L), alpha_t (B,) -> z_t (B, L); each token kept w.p.
     alpha_t, else a uniform draw from all K tokens."""
     keep = torch.rand(x0.shape, device=x0.device, generator=generator) < alpha_t[:, None]
@@ -104,11 +106,11 @@ def window(K, lo=0.95, hi=0.05):
     def solve(target):
         a, b = torch.tensor([-20.0], dtype=torch.float64), torch.tensor([20.0], dtype=torch.float64)
         for _ in range(60):  # T(at(gamma)) falls as gamma grows
-            m = (a + b) / 2
-            if T_of(gauss_alpha(m), K)[0].item() > target:
-                a = m
+            mid = (a + b) / 2
+            if T_of(gauss_alpha(mid), K)[0].item() > target:
+                a = mid
             else:
-                b = m
+                b = mid
         return ((a + b) / 2).item()
     return solve(lo), solve(hi)
 
@@ -168,13 +170,13 @@ def nelbo(logits, x0, z, alpha_t, dalpha_t):
     return (da / (K * a) * (term1 - term2)).float()
 
 
-def noise(x0, maskable, K, curriculum=False, tau=1e-3, eps=EPS, antithetic=True, generator=None):
+def noise(x0, maskable, K, curriculum=False, tau=1e-3, t_eps=1e-3, antithetic=True, generator=None):
     """The noise for a batch of clean rows x0 (B, L) and what the loss needs: (input, x0, z_t, alpha_t,
-    dalpha_t, maskable). t ~ U(eps, 1), antithetic across the batch. Discrete: the log-linear schedule
-    and q_sample, input = z_t. Curriculum: Gaussian latents on the window, z_t = argmax(w_t),
+    dalpha_t, maskable). t ~ U(t_eps, 1), antithetic across the batch. Discrete: the log-linear schedule
+    and q_uniform, input = z_t. Curriculum: Gaussian latents on the window, z_t = argmax(w_t),
     alpha_t = T(at), input = softmax(w_t / tau) (B, L, K). Positions not maskable stay clean."""
     B = x0.size(0)
-    t = sample_t(B, eps, antithetic, x0.device, generator)
+    t = sample_t(B, t_eps, antithetic, x0.device, generator)
     if maskable is None:
         maskable = torch.ones_like(x0, dtype=torch.bool)
     if curriculum:
@@ -183,8 +185,8 @@ def noise(x0, maskable, K, curriculum=False, tau=1e-3, eps=EPS, antithetic=True,
         w = torch.where(maskable[..., None], w, F.one_hot(x0, K).float() * 1e4)  # clean: a one-hot soft input
         z, inp = w.argmax(-1), F.softmax(w / tau, dim=-1)
     else:
-        a, da = alpha(t, eps)
-        z = torch.where(maskable, q_sample(x0, a, K, generator), x0)
+        a, da = log_linear(t)
+        z = torch.where(maskable, q_uniform(x0, a, K, generator), x0)
         inp = z
     return inp, x0, z, a, da, maskable
 
@@ -201,16 +203,16 @@ def loss(model, batch, reduce=True):
 def nll_bound(model, batches, n_draws=1, seed=0, maskable=None):
     """Monte-Carlo upper bound on the NLL per token of held-out data (the discrete NELBO + the prior
     term), like diffusion.nll_bound: batches of (B, L) ids; maskable: optional (L,) bool, the positions
-    scored. Returns (mean, standard error). The draws are heavy-tailed near t = eps (a replaced token
+    scored. Returns (mean, standard error). The draws are heavy-tailed near t = t_eps (a replaced token
     weighs ~K / (1 - alpha_t)): average over many sequences or draws."""
     vals, gen = [], None
     for x0 in batches:
         if gen is None:
             gen = torch.Generator(device=x0.device).manual_seed(seed)
         K = model.config.vocab_size - 1
-        m = None if maskable is None else maskable.to(x0.device)[None].expand_as(x0)
+        scored = None if maskable is None else maskable.to(x0.device)[None].expand_as(x0)
         for _ in range(n_draws):
-            vals.append(loss(model, noise(x0, m, K, generator=gen), reduce=False).float())
+            vals.append(loss(model, noise(x0, scored, K, generator=gen), reduce=False).float())
     v = torch.cat(vals)
     return v.mean().item() + prior_kl(model.config.vocab_size - 1), (v.std() / math.sqrt(v.numel())).item()
 
@@ -249,17 +251,25 @@ def tail(model, x):
     return model(x, sigma=torch.zeros(len(x), device=x.device))[..., :K].argmax(-1)
 
 
+def check_sampling(steps=128, **_):
+    """The sampling options' rules, as ValueError."""
+    if steps <= 0:
+        raise ValueError(f"--steps={steps} must be positive")
+
+
 @torch.no_grad()
 def generate(model, prompt, *, steps=128, gen_length=128, temperature=1.0, top_k=0, top_p=1.0, greedy_tail=True,
-             eps=EPS, generator=None, on_step=None):
+             eos_id=-1, pad=None, generator=None, on_step=None):
     """Ancestral sampling on the grid 1 = t_0 > ... > t_steps = 0. The canvas is the prompt (B, P), kept
     and seen clean, then gen_length positions; these and any [MASK] in the prompt (infilling) start as
     uniform random tokens and are all redrawn at every step from the posterior (float64 Gumbel-max).
     greedy_tail adds one forward on the finished canvas read as clean (t = 0) and takes its argmax:
     a last denoising pass that replaces the tokens the model finds out of place (Duo's noise removal,
-    as in its reference sampler). Returns (canvas (B, P + gen_length), NFE per row: steps + greedy_tail)."""
-    if steps <= 0:
-        raise ValueError(f"steps={steps} must be positive")
+    as in its reference sampler). eos_id is not used: Duo trains on token streams, whose vocabulary has
+    no EOS. Returns (canvas (B, P + gen_length), NFE per row: steps + greedy_tail)."""
+    check_sampling(steps)
+    if pad is not None:
+        raise ValueError("uniform-state diffusion samples prompts of one length (no left padding)")
     K, m = model.config.vocab_size - 1, model.config.mask_id
     x = torch.cat([prompt, prompt.new_full((prompt.size(0), gen_length), m)], 1)
     free = x == m  # (B, T) the positions the sampler writes
@@ -273,7 +283,7 @@ def generate(model, prompt, *, steps=128, gen_length=128, temperature=1.0, top_k
 
     for i in range(steps + greedy_tail):
         if i < steps:
-            a_t, a_s = alpha(ts[i], eps)[0].item(), alpha(ts[i + 1], eps)[0].item()
+            a_t, a_s = log_linear(ts[i])[0].item(), log_linear(ts[i + 1])[0].item()
             new = add_gumbel_noise(posterior(predict(x, a_t), x, a_t, a_s).log(), 1.0, generator).argmax(-1)
         else:
             new = tail(model, x)
@@ -318,3 +328,94 @@ def dcd_loss(student, teacher, batch, reduce=True):
     kl = (log_q.exp() * (log_q - log_p)).sum(-1)  # (B, L)
     per_row = (kl * maskable).sum(1) / maskable.sum(1).clamp(min=1)
     return per_row.mean() if reduce else per_row
+
+
+# -----------------------------------------------------------------------------
+# The family interface: the names train.py, sample.py, eval.py and bench.py call (as diffusion.MDLM)
+
+class Duo:
+    """Uniform-state diffusion (Duo)."""
+    flags = dict(causal=False, time_cond=True)  # the model it trains (GPTConfig): bidirectional, reads sigma
+    shift = 0         # a training row is block_size tokens
+    exact = False     # its held-out number is a bound on the NLL
+    infills = True    # generate() also fills the [MASK]s inside a prompt
+    options = ("t_eps", "antithetic", "curriculum_iters", "tau")  # the train.py options it reads
+    sample_options = ("steps", "top_k", "top_p", "greedy_tail")   # the sampling options generate() reads
+
+    def __init__(self, cfg, meta, model):
+        """The training side, for train.py's options cfg on a dataset with vocabulary meta."""
+        self.cfg, self.K, self.extra = cfg, meta["vocab_size"] - 1, {}  # extra: modules to checkpoint (none)
+
+    @staticmethod
+    def check(cfg, meta, sft):
+        """What Duo cannot train on, as ValueError: SFT records, a vocabulary whose [MASK] is not last."""
+        if meta["mask_id"] != meta["vocab_size"] - 1:  # the K real tokens are the ids before [MASK]
+            raise ValueError(f"--objective={cfg['objective']} needs [MASK] as the last id of the vocabulary "
+                             f"({cfg['dataset']}'s is {meta['mask_id']} of {meta['vocab_size']})")
+        if sft:
+            raise ValueError(f"{cfg['dataset']} holds SFT records, which train objective=mdlm or ar")
+
+    def noise(self, x0, maskable, generator, step, val):
+        """The noise of a batch: the curriculum's soft input for its first steps, else (and for the val
+        bound, always) the discrete process."""
+        c = self.cfg
+        return noise(x0, maskable, self.K, curriculum=not val and step < c["curriculum_iters"], tau=c["tau"],
+                     t_eps=c["t_eps"], antithetic=c["antithetic"], generator=generator)
+
+    def loss(self, model, batch):
+        return loss(model, batch)
+
+    val_loss = loss
+
+    def begin_step(self, step, model):
+        """Called before every optimizer step (nothing to do)."""
+
+    @staticmethod
+    def nll(model, windows, scored, n_draws=8, seed=0, batch_size=64):
+        """Held-out NLL bound per scored token of windows (N, T); scored: (T,) bool. (mean, standard error)."""
+        return nll_bound(model, windows.split(batch_size), n_draws=n_draws, seed=seed, maskable=scored)
+
+    check_sampling = staticmethod(check_sampling)
+    generate = staticmethod(generate)
+    tail = staticmethod(tail)  # the greedy tail alone (bench.py measures what it rewrites)
+
+    @staticmethod
+    def describe(greedy_tail=True, top_k=0, top_p=1.0, **_):
+        return ("duo ancestral" + (", greedy tail" if greedy_tail else "") + (f", top_k {top_k}" if top_k else "")
+                + (f", top_p {top_p}" if top_p < 1 else ""))
+
+
+class DCD(Duo):
+    """Duo's discrete consistency distillation: a Duo model that trains towards a teacher, samples and
+    is evaluated as Duo. The teacher is the student copied at the start of every round."""
+    options = ("t_eps", "antithetic", "dcd_delta", "dcd_round_iters")  # t_eps, antithetic: its val bound
+
+    def __init__(self, cfg, meta, model):
+        super().__init__(cfg, meta, model)
+        self.teacher = copy.deepcopy(model).eval().requires_grad_(False)
+        self.extra = {"teacher": self.teacher}  # checkpointed: a resumed round keeps its teacher
+
+    @staticmethod
+    def check(cfg, meta, sft):
+        Duo.check(cfg, meta, sft)
+        if cfg["init_from"] == "scratch":
+            raise ValueError("--objective=dcd distils a trained Duo model: give it with --init_from=<out_dir of "
+                             "objective=duo>")
+
+    def noise(self, x0, maskable, generator, step, val):
+        """A distillation batch; delta doubles every round (up to 1/2). The val bound is Duo's."""
+        if val:
+            return super().noise(x0, maskable, generator, step, val)
+        c = self.cfg
+        return dcd_noise(x0, maskable, self.K, min(0.5, c["dcd_delta"] * 2 ** (step // c["dcd_round_iters"])),
+                         generator)
+
+    def loss(self, model, batch):
+        return dcd_loss(model, self.teacher, batch)
+
+    val_loss = Duo.loss
+
+    def begin_step(self, step, model):
+        """A new round: the teacher is the student now."""
+        if step % self.cfg["dcd_round_iters"] == 0:
+            self.teacher.load_state_dict(model.state_dict())

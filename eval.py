@@ -3,14 +3,14 @@ Measuring a model: one stick for every claim in this project.
 
     python eval.py --ckpts=out-shakespeare-char,out-shakespeare-char-ar --judge=out-judge-char
 
-For each checkpoint (masked diffusion or AR) it prints one row of a table:
+For each checkpoint (of any family: masked diffusion, Duo, AR) it prints one row of a table:
 - params, training tokens and wall-clock (from the checkpoint);
 - held-out NLL on the same val tokens, nats/token and bits/char (nats/token / ln 2 x tokens/char):
   every non-overlapping window of the val split; token 0 of each window is given, tokens 1..T-1 are
-  scored. AR: the exact NLL.
-  Diffusion: the NLL bound (negative ELBO, LLaDA's lower-variance form: exactly l ~ U{1..T-1}
-  tokens masked, weight (T-1)/l), averaged over n_draws noise draws per window, +- its standard
-  error. The bound is >= the true NLL, so it favours AR when the two are compared;
+  scored, by the family's nll(): AR's exact NLL; masked diffusion's bound (negative ELBO, LLaDA's
+  lower-variance form: exactly l ~ U{1..T-1} tokens masked, weight (T-1)/l) or Duo's, averaged over
+  n_draws noise draws per window, +- its standard error. A bound is >= the true NLL, so it favours
+  AR when the two are compared;
 - generative perplexity: samples continue prompts taken from the val split; an AR judge (a bigger
   causal model trained on the same data, config/judge.py) scores the generated tokens only, never
   the prompt: exp(mean NLL). A low gen PPL alone can hide repetitive text, so beside it:
@@ -19,8 +19,8 @@ A 'val text' row scores the real continuations of the same prompts: the referenc
 Sampling for evaluation draws its Gumbel noise in float64.
 
 With --mode=accuracy it scores answers that can be checked instead (data/sudoku, data/automaton,
-data/gsm8k): every record of a split is answered with any sampler (sample.py's, --fast, Duo's, or an
-AR checkpoint's greedy decoding with its K/V cache), in batches, and the table gives exact match
+data/gsm8k): every record of a split is answered by the checkpoint's family with any of its samplers
+(LLaDA's, --fast, or an AR checkpoint's cached decoding), in batches, and the table gives exact match
 (and for Sudoku the blank cells filled right and the valid grids), NFE and answer tokens per second:
 
     python eval.py --mode=accuracy --ckpts=out-sudoku,out-sudoku-ar
@@ -30,25 +30,20 @@ AR checkpoint's greedy decoding with its K/V cache), in batches, and the table g
 import math
 import os
 import re
-import sys
 import time
-from itertools import groupby
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 from tqdm import tqdm
 
-import ar
-import duo
-from configurator import (NON_NEGATIVE, POSITIVE, UNIT, check, check_device, check_writable, configure, fail, given,
-                          one_of)
-from diffusion import nll_bound
-from model import load_checkpoint
-import fast_sample
-import sample
-from sample import SAMPLERS, cut_at_eos, generate
-from tokenizer import as_pair, get_codec, load_sft, same_tokens
+from ar import token_nll
+from configurator import (NON_NEGATIVE, POSITIVE, UNIT, check, check_device, check_writable, command_line_keys,
+                          configure, fail, one_of)
+from diffusion import SAMPLERS
+from families import load, options_of
+from fast_sample import CACHES
+from sample import cut_at_eos
+from tokenizer import as_pair, dataset_dir, get_codec, load_sft, same_tokens
 from unmask import REMASKING, left_pad
 
 
@@ -59,38 +54,31 @@ def val_windows(data_dir, T):
     return torch.from_numpy(data[:n * T].reshape(n, T))
 
 
-@torch.no_grad()
-def token_nll(model, ids, batch_size=64):
-    """-log p(ids[:, i] | ids[:, :i]) under a causal model, for i = 1..N-1: (B, N-1). Sequences longer
-    than its context are scored with a sliding window: every token keeps at least half a context."""
-    W, (B, N) = model.config.block_size, ids.shape
-    out = torch.empty(B, N - 1, device=ids.device)
-    for b in range(0, B, batch_size):
-        x, done = ids[b:b + batch_size], 1  # done: the next position to score
-        while done < N:
-            end = min(N, max(W, done + W // 2))
-            begin = max(0, end - W)
-            logits = model(x[:, begin:end])  # (b, end - begin, V)
-            nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), x[:, begin + 1:end], reduction="none")
-            out[b:b + batch_size, done - 1:end - 1] = nll[:, done - 1 - begin:]
-            done = end
-    return out
+def val_prompts(data_dir, T, num_samples, prompt_len, split="val"):
+    """(num_samples prompts, what follows them), evenly spaced over a split: the starts of val windows
+    of T tokens and the windows themselves, or, for an SFT dataset, the prompts of its records (all of
+    one length, e.g. shakespeare_speech, automaton) and their responses. ValueError if there are none."""
+    if os.path.exists(os.path.join(data_dir, f"{split}_sft.pkl")):
+        records = load_sft(data_dir, split, 10**9)
+        records = [records[i] for i in torch.linspace(0, len(records) - 1, num_samples).long().tolist()]
+        if len({len(p) for p, _, _ in records}) > 1 or any(h for _, _, h in records):
+            raise ValueError(f"the {split} prompts of {data_dir} must all have one length and no holes")
+        return torch.tensor([p for p, _, _ in records]), [r for _, r, _ in records]
+    if not os.path.isfile(os.path.join(data_dir, "val.bin")):
+        raise ValueError(f"the dataset {data_dir} has no val.bin: prepare it first")
+    w = val_windows(data_dir, T)
+    if len(w) == 0:
+        raise ValueError(f"the val split of {data_dir} is shorter than {T} tokens")
+    w = w[torch.linspace(0, len(w) - 1, num_samples).long()]
+    return w[:, :prompt_len], w
 
 
-@torch.no_grad()
-def heldout_nll(model, windows, n_draws=8, seed=0, batch_size=64):
-    """Nats per scored token on val windows (token 0 given, 1..T-1 scored): (mean, standard error).
-    AR: exact (standard error over windows). Diffusion: the ELBO bound with exactly l masked."""
-    if model.config.causal:
-        nll = token_nll(model, windows, batch_size).mean(1)
-        return nll.mean().item(), (nll.std() / math.sqrt(len(nll))).item()
-    maskable = torch.ones(windows.size(1), dtype=torch.bool)
-    maskable[0] = False  # the same conditioning as AR: token 0 is context
-    batches = windows.split(batch_size)
-    if model.config.time_cond:  # uniform-state diffusion: its discrete NELBO
-        return duo.nll_bound(model, batches, n_draws=n_draws, seed=seed, maskable=maskable)
-    return nll_bound(model, batches, model.config.mask_id, n_draws=n_draws, seed=seed, count=True,
-                     maskable=maskable)
+def heldout_nll(model, fam, windows, n_draws=8, seed=0, batch_size=64):
+    """Nats per scored token on val windows (N, T), token 0 given and 1..T-1 scored, by the family's
+    nll(): exact for AR, a bound for diffusion. (mean, standard error)."""
+    scored = torch.ones(windows.size(1), dtype=torch.bool)
+    scored[0] = False  # the same conditioning for every family: token 0 is context
+    return fam.nll(model, windows, scored, n_draws=n_draws, seed=seed, batch_size=batch_size)
 
 
 def generated(samples, prompt_len, eos_id=-1):
@@ -118,17 +106,27 @@ def entropy(samples, prompt_len, eos_id=-1):
     return sum(hs) / max(1, len(hs))
 
 
+def quality(judge, samples, prompt_len, eos_id=-1):
+    """The two quality cells of every table: gen PPL under the judge and entropy, as text."""
+    return [f"{gen_ppl(judge, samples, prompt_len, eos_id):.2f}", f"{entropy(samples, prompt_len, eos_id):.3f}"]
+
+
+def load_judge(path, device, meta=None):
+    """(judge, its checkpoint): the AR model that scores samples, in eval mode; one line if it is missing,
+    not autoregressive, or (given a dataset's meta) trained on other data."""
+    judge, ckpt, fam = load(path, device, hint="train the judge: python train.py config/judge.py")
+    if not fam.exact:
+        fail(f"the judge {path} must be an autoregressive model (objective=ar)")
+    if meta is not None and not same_tokens(meta, ckpt["meta"]):
+        fail(f"the judge {path} was trained on other data ({ckpt['config']['dataset']})")
+    return judge.eval(), ckpt
+
+
 def extract_answer(text):
     """The final answer of a GSM8K-style response: what follows '####', else the last number."""
-    m = re.search(r"####\s*(-?[\d,]*\.?\d+)", text)
-    nums = [m.group(1)] if m else re.findall(r"-?[\d,]*\.?\d+", text)
+    hit = re.search(r"####\s*(-?[\d,]*\.?\d+)", text)
+    nums = [hit.group(1)] if hit else re.findall(r"-?[\d,]*\.?\d+", text)
     return nums[-1].replace(",", "").rstrip(".") if nums else ""
-
-
-def exact_match(preds, refs, extract=extract_answer):
-    """Task accuracy: the fraction of predictions whose extracted answer equals the reference's."""
-    assert len(preds) == len(refs)
-    return sum(extract(p) == extract(r) for p, r in zip(preds, refs)) / max(1, len(refs))
 
 
 # -----------------------------------------------------------------------------
@@ -144,42 +142,27 @@ def is_sudoku(digits):
 
 
 @torch.no_grad()
-def answer_records(model, records, meta, *, batch_size=64, gen_length=0, generator=None, on_step=None, **opts):
-    """Every record answered by the model: (answers, targets, NFE per record, seconds). An answer is what
-    the model wrote: for a diffusion model the prompt with its holes filled (infilling records) then the
-    generated tokens up to the first EOS; for an AR model (tokenizer.as_pair) its tokens up to EOS. The
-    target is the same for the data. gen_length: tokens after each prompt (0: the longest response + 1,
-    as the rows of training end: an infilling record's canvas then ends with the slot of its EOS).
-    opts: sample.sample's sampler options (an AR model decodes greedily at opts' temperature)."""
+def answer_records(model, fam, records, meta, *, batch_size=64, gen_length=0, generator=None, on_step=None, **opts):
+    """Every record answered by the model: (answers, targets, NFE per record, seconds). A record is read
+    as prompt -> target (tokenizer.as_pair: the prompt with its holes masked; for an infilling record the
+    target is the whole text). An answer is what the model wrote: the prompt with its holes filled (a
+    family that infills), then the tokens after the prompt up to the first EOS. gen_length: tokens after
+    each prompt (0: the longest answer + its EOS, as the rows of training end). opts: the family's
+    sampling options (fam.generate). Prompts of different lengths are left-padded with EOS."""
     m, eos = meta["mask_id"], meta["eos_id"]
     answers, targets, nfe, t0 = [], [], 0.0, time.perf_counter()
-    length = lambda i: len(records[i][0])  # noqa: E731  (of record i's prompt)
-    order = sorted(range(len(records)), key=length)  # equal prompt lengths batch together
-    batches = [order[j:j + batch_size] for j in range(0, len(order), batch_size)]
-    if model.config.causal:  # AR decoding has no padding: a batch is cut where the prompt length changes
-        batches = [list(g) for b in batches for _, g in groupby(b, length)]
-    for b in tqdm(batches, desc="answering", unit="batch", leave=False):
-        batch = [records[i] for i in b]
+    order = sorted(range(len(records)), key=lambda i: len(records[i][0]))  # similar prompt lengths batch together
+    for j in tqdm(range(0, len(order), batch_size), desc="answering", unit="batch", leave=False):
+        batch = [records[i] for i in order[j:j + batch_size]]
         pairs = [as_pair(r, m) for r in batch]
-        L = gen_length or max(len(r) for _, r, _ in batch) + 1  # the longest answer and its EOS, as in training
-        if model.config.causal:  # the answer and its EOS, as far as the context allows (a longer answer is cut)
-            x = torch.tensor([p for p, _ in pairs])
-            T = min(max(len(a) for _, a in pairs) + 1, model.config.block_size - x.size(1))
-            out = ar.generate(model, x.to(next(model.parameters()).device), T, opts.get("temperature", 0.0),
-                              generator, eos_id=eos)
-            hit = out[:, x.size(1):] == eos  # forwards: up to the last row's first EOS
-            n = int(torch.where(hit.any(1), hit.int().argmax(1) + 1, T).max())
-            got = [cut_at_eos(row[x.size(1):], eos, 0) for row in out.tolist()]
-        else:
-            prompts = [p if rec[2] else rec[0] for (p, _), rec in zip(pairs, batch)]  # holes masked
-            x, pad = left_pad(prompts, eos)
-            out, n = sample.sample(model, x.to(next(model.parameters()).device), gen_length=L, eos_id=eos,
-                                   pad=pad if pad.any() else None, generator=generator, on_step=on_step, **opts)
-            on_step = None  # the order is recorded for the first batch only
-            P = x.size(1)  # each prompt ends at P (left padding)
-            got = [(row[P - len(rec[0]):P] if rec[2] else []) + cut_at_eos(row[P:], eos, 0)
-                   for row, rec in zip(out.tolist(), batch)]
-        answers += got
+        L = gen_length or max(len(r) if fam.infills else len(a) for (_, a), (_, r, _) in zip(pairs, batch)) + 1
+        x, pad = left_pad([p for p, _ in pairs], eos)
+        out, n = fam.generate(model, x.to(next(model.parameters()).device), gen_length=L, eos_id=eos,
+                              pad=pad if pad.any() else None, generator=generator, on_step=on_step, **opts)
+        on_step = None  # the order is recorded for the first batch only
+        P = x.size(1)  # each prompt ends at P (left padding)
+        answers += [(row[P - len(p):P] if rec[2] and fam.infills else []) + cut_at_eos(row[P:], eos, 0)
+                    for row, rec, (p, _) in zip(out.tolist(), batch, pairs)]
         targets += [a for _, a in pairs]
         nfe += n * len(batch)
     return answers, targets, nfe / max(1, len(records)), time.perf_counter() - t0
@@ -206,6 +189,18 @@ def order_grid(steps, holes):
     """A Sudoku's blanks as a 9 x 9 text grid of the step at which the sampler filled each ('.' for a given)."""
     cells = [f"{steps[i]:>3}" if i in holes else "  ." for i in range(81)]
     return "\n".join(" ".join("".join(cells[r * 9 + c:r * 9 + c + 3]) for c in (0, 3, 6)) for r in range(9))
+
+
+class FillOrder:
+    """An on_step callback: the step at which each position of the first row was committed."""
+
+    def __init__(self):
+        self.step, self.at = 0, {}
+
+    def __call__(self, x, chosen):
+        self.step += 1
+        for i in chosen[0].nonzero().flatten().tolist():
+            self.at[i] = self.step
 
 
 # -----------------------------------------------------------------------------
@@ -235,146 +230,115 @@ seed = 1337
 device = "cuda" if torch.cuda.is_available() else "cpu"
 # -----------------------------------------------------------------------------
 
+
 def accuracy_main():
     """--mode=accuracy: one row per checkpoint, every record of --split answered and scored."""
     # the table's defaults are not the task's: an option not given on the command line takes the task's own
     # (the table's 112 is not an answer's length; answers are greedy, the most confident cell first)
-    typed = given()
+    typed = command_line_keys()
     L = gen_length if "gen_length" in typed else 0
-    opts = dict(sampler=sampler, fast=fast, cache=cache, threshold=threshold, factor=factor, block_length=block_length,
-                steps=steps, temperature=temperature if "temperature" in typed else 0.0,
+    task = dict(globals(), temperature=temperature if "temperature" in typed else 0.0,
                 remasking=remasking if "remasking" in typed else "low_confidence")
     print("| model | sampler | records | exact | cells | valid grids | NFE | answer tok/s |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for out_dir in ckpts.split(","):
-        model, ckpt = load_checkpoint(out_dir, device)
+        model, ckpt, fam = load(out_dir, device)
         meta = ckpt["meta"]
         get_codec(meta)  # the answers are decoded to be scored: a tokenizer that cannot load stops us before the work
-        data_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", ckpt["config"]["dataset"])
         try:
-            records = load_sft(data_dir, split, model.config.block_size)
+            records = load_sft(dataset_dir(ckpt["config"]["dataset"]), split, model.config.block_size)
         except ValueError as e:
             fail(f"{out_dir}'s dataset has no {split} split of SFT records ({e})")
         records = records[:max_records or len(records)]
-        g = torch.Generator(device=device).manual_seed(seed)
-        steps_at = {}
-
-        def record_order(x, chosen, k=[0]):  # the step at which each position of the first record was filled
-            k[0] += 1
-            for i in chosen[0].nonzero().flatten().tolist():
-                steps_at[i] = k[0]
-        kw = dict(opts)
+        opts = options_of(fam.sample_options, task)
         answer_len = L or max(len(r) for _, r, _ in records) + 1
-        if not model.config.causal and not kw["steps"]:  # one token per step: every hole and generated token
-            kw["steps"] = answer_len + max(len(h) for _, _, h in records)
-        if kw["block_length"] == 0:  # one block
-            kw["block_length"] = answer_len
+        if opts.get("steps") == 0:  # one token per step: every hole and generated token
+            opts["steps"] = answer_len + max(len(h) for _, _, h in records)
+        if opts.get("block_length") == 0:  # one block
+            opts["block_length"] = answer_len
+        fill = FillOrder()
         try:
-            answers, targets, nfe, secs = answer_records(model, records, meta, batch_size=batch_size,
-                                                         gen_length=L, generator=g,
-                                                         on_step=record_order if order else None, **kw)
+            fam.check_sampling(gen_length=answer_len, **opts)
+            answers, targets, nfe, secs = answer_records(
+                model.eval(), fam, records, meta, batch_size=batch_size, gen_length=L, temperature=task["temperature"],
+                generator=torch.Generator(device=device).manual_seed(seed), on_step=fill if order else None, **opts)
         except ValueError as e:
             fail(e)
         res = score(answers, targets, records, meta)
         # answer tokens: the holes and what follows the prompt (an AR model's copy of the givens not counted)
         n_tok = sum(len(h) + max(0, len(a) - (len(p) if h else 0)) for (p, _, h), a in zip(records, answers))
-        kind = "AR greedy" if model.config.causal else "duo" if model.config.time_cond else \
-            ("fast " + cache + f", thr {threshold}" if fast else sampler) + f", {kw['remasking']}"
         cells = [f"{100 * res[k]:.1f}%" if k in res else "" for k in ("exact", "cells", "valid")]
-        print(f"| {out_dir} | {kind} | {len(records)} | " + " | ".join(cells) + f" | {nfe:.1f} | {n_tok / secs:.1f} |",
-              flush=True)
+        print(f"| {out_dir} | {fam.describe(**opts)} | {len(records)} | " + " | ".join(cells) + f" | {nfe:.1f} | "
+              f"{n_tok / secs:.1f} |", flush=True)
         if order and records and records[0][2]:
             with open(order, "w") as f:
-                f.write(order_grid(steps_at, set(records[0][2])) + "\n")
+                f.write(order_grid(fill.at, set(records[0][2])) + "\n")
+
+
+def table_main():
+    """--mode=table: held-out NLL, gen PPL and entropy of every checkpoint, beside the val text's."""
+    judge_model, judge_ckpt = load_judge(judge, device)
+    meta = judge_ckpt["meta"]
+    data_dir = dataset_dir(judge_ckpt["config"]["dataset"])
+    T = prompt_len + gen_length
+    try:
+        prompts, real = val_prompts(data_dir, T, num_samples, prompt_len)
+    except ValueError as e:
+        fail(e)
+    prompts, real = prompts.to(device), real.to(device)
+    models = []
+    for out_dir in ckpts.split(","):
+        model, ckpt, fam = load(out_dir, device)
+        if not same_tokens(ckpt["meta"], meta):
+            fail(f"{out_dir} was trained on other data than the judge ({ckpt['config'].get('dataset')})")
+        if T > model.config.block_size:
+            fail(f"prompt_len + gen_length = {T} exceeds {out_dir}'s context of {model.config.block_size}")
+        opts = options_of(fam.sample_options, dict(globals(), steps=steps or gen_length,
+                                                   block_length=block_length or gen_length))
+        try:
+            fam.check_sampling(gen_length=gen_length, **opts)
+        except ValueError as e:
+            fail(e)
+        models.append((out_dir, model.eval(), ckpt, fam, opts))
+    T_nll = min(net.config.block_size for _, net, _, _, _ in models)  # every model scored on the same windows
+    windows = val_windows(data_dir, T_nll).to(device)
+    decode = get_codec(meta)[1]
+    val_ids = np.fromfile(os.path.join(data_dir, "val.bin"), dtype=np.uint16).tolist()
+    tok_per_char = len(val_ids) / len(decode(val_ids))  # 1 for characters; ~0.3 for GPT-2 BPE on English
+    print("| model | params | train tokens | wall-clock | val NLL (nats/token) | bits/char | gen PPL | entropy |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| val text | " + " | ".join([""] * 5 + quality(judge_model, real, prompt_len)) + " |", flush=True)
+    shown = [("val text", real[0].tolist())]
+    for out_dir, model, ckpt, fam, opts in models:
+        eos = ckpt["meta"].get("eos_id", -1)  # an SFT vocabulary's EOS, past the judge's embedding: cut there
+        samples, _ = fam.generate(model, prompts, gen_length=gen_length, temperature=temperature, eos_id=eos,
+                                  generator=torch.Generator(device=device).manual_seed(seed), **opts)
+        mean, se = heldout_nll(model, fam, windows, n_draws, seed)
+        cells = [f"{model.num_params() / 1e6:.2f}M", f"{ckpt['tokens'] / 1e6:.1f}M", f"{ckpt['train_time'] / 60:.1f} min",
+                 f"{mean:.3f} +- {se:.3f} ({'exact' if fam.exact else 'bound'})", f"{mean / math.log(2) * tok_per_char:.3f}"]
+        name = f"{out_dir} ({ckpt['config']['objective']}: {fam.describe(**opts)})"
+        print(f"| {name} | " + " | ".join(cells + quality(judge_model, samples, prompt_len, eos)) + " |", flush=True)
+        shown.append((name, cut_at_eos(samples[0].tolist(), eos, prompt_len)))  # the judge's vocabulary has no EOS
+    print(f"\nval NLL: {len(windows)} val windows of {T_nll} tokens, token 0 given; diffusion bound over "
+          f"{n_draws} draws per window. Samples: {num_samples} x {gen_length} tokens after {prompt_len}-token "
+          f"val prompts; masked diffusion: {steps or gen_length} steps, blocks of {block_length or gen_length}, "
+          f"{remasking} remasking; temperature {temperature}. Judge: {judge} ({judge_model.num_params() / 1e6:.2f}M, AR).")
+    for name, ids in shown:
+        print(f"\n--- {name}:\n{decode(ids)}")
 
 
 if __name__ == "__main__":
     config_keys = [k for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str))]
-    defaults = {k: globals()[k] for k in config_keys}
-    globals().update(configure(defaults))
+    globals().update(configure({k: globals()[k] for k in config_keys}))
     check(globals(), dict(mode=one_of("table", "accuracy"), n_draws=POSITIVE, num_samples=POSITIVE,
                           prompt_len=POSITIVE, gen_length=NON_NEGATIVE if mode == "accuracy" else POSITIVE,
                           steps=NON_NEGATIVE, block_length=NON_NEGATIVE, temperature=NON_NEGATIVE,
                           remasking=one_of(*REMASKING), seed=NON_NEGATIVE, max_records=NON_NEGATIVE,
-                          batch_size=POSITIVE, sampler=one_of(*SAMPLERS), cache=one_of(*fast_sample.CACHES),
+                          batch_size=POSITIVE, sampler=one_of(*SAMPLERS), cache=one_of(*CACHES),
                           threshold=UNIT, factor=NON_NEGATIVE))
     if not all(ckpts.split(",")):
         fail(f"--ckpts={ckpts!r} has an empty name: give comma-separated out_dirs")
     check_device(device)
     if order:
         check_writable(order, "order")
-    if mode == "accuracy":
-        if gen_length != defaults["gen_length"] and gen_length and block_length and gen_length % block_length:
-            fail(f"--gen_length={gen_length} must be a multiple of --block_length={block_length}")
-        accuracy_main()
-        sys.exit(0)
-    steps, block_length = steps or gen_length, block_length or gen_length
-    if gen_length % block_length or steps % (gen_length // block_length):
-        fail(f"--gen_length={gen_length} must be a multiple of --block_length={block_length}, and --steps={steps} "
-             f"of the number of blocks")
-    judge_model, judge_ckpt = load_checkpoint(judge, device, hint="train the judge: python train.py config/judge.py")
-    if not judge_model.config.causal:
-        fail(f"the judge {judge} must be an autoregressive model (objective=ar)")
-    judge_model.eval()
-    meta = judge_ckpt["meta"]
-    data_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", judge_ckpt["config"]["dataset"])
-    if not os.path.isfile(os.path.join(data_dir, "val.bin")):
-        fail(f"the judge's dataset {data_dir} has no val.bin: prepare it first")
-    decode = get_codec(meta)[1]
-
-    # prompts and their real continuations: evenly spaced val windows
-    T = prompt_len + gen_length
-    real = val_windows(data_dir, T)
-    if len(real) == 0:
-        fail(f"the val split of {data_dir} is shorter than prompt_len + gen_length = {T} tokens")
-    real = real[torch.linspace(0, len(real) - 1, num_samples).long()].to(device)
-    prompts = real[:, :prompt_len]
-    models = []
-    for out_dir in ckpts.split(","):
-        model, ckpt = load_checkpoint(out_dir, device)
-        if not same_tokens(ckpt["meta"], meta):
-            fail(f"{out_dir} was trained on other data than the judge ({ckpt['config'].get('dataset')})")
-        if T > model.config.block_size:
-            fail(f"prompt_len + gen_length = {T} exceeds {out_dir}'s context of {model.config.block_size}")
-        models.append((out_dir, model.eval(), ckpt))
-    T_nll = min(m.config.block_size for _, m, _ in models)  # every model scored on the same windows
-    windows = val_windows(data_dir, T_nll).to(device)
-
-    val_ids = np.fromfile(os.path.join(data_dir, "val.bin"), dtype=np.uint16).tolist()
-    tok_per_char = len(val_ids) / len(decode(val_ids))  # 1 for characters; ~0.3 for GPT-2 BPE on English
-    print("| model | params | train tokens | wall-clock | val NLL (nats/token) | bits/char | gen PPL | entropy |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    shown = []
-
-    def row(name, cells, samples, eos=-1):
-        ppl, h = gen_ppl(judge_model, samples, prompt_len, eos), entropy(samples, prompt_len, eos)
-        print(f"| {name} | " + " | ".join(cells + [f"{ppl:.2f}", f"{h:.3f}"]) + " |", flush=True)
-        shown.append((name, cut_at_eos(samples[0].tolist(), eos, prompt_len)))  # the judge's vocabulary has no EOS
-
-    row("val text", [""] * 5, real)  # the reference: the real continuations
-    for out_dir, model, ckpt in models:
-        g = torch.Generator(device=device).manual_seed(seed)
-        eos = ckpt["meta"].get("eos_id", -1)  # an SFT vocabulary's EOS, past the judge's embedding: cut there
-        try:
-            if model.config.causal:
-                samples = ar.generate(model, prompts, gen_length, temperature, g)
-            elif model.config.time_cond:  # Duo: ancestral with the greedy tail, `steps` steps
-                samples, _ = duo.generate(model, prompts, steps=steps, gen_length=gen_length, temperature=temperature,
-                                          generator=g)
-            else:
-                samples, _ = generate(model, prompts, steps=steps, gen_length=gen_length, block_length=block_length,
-                                      temperature=temperature, remasking=remasking, eos_id=eos, generator=g)
-        except ValueError as e:  # the sampler's own checks, as sample.py reports them
-            fail(e)
-        mean, se = heldout_nll(model, windows, n_draws, seed)
-        cells = [f"{model.num_params() / 1e6:.2f}M", f"{ckpt['tokens'] / 1e6:.1f}M", f"{ckpt['train_time'] / 60:.1f} min",
-                 f"{mean:.3f} +- {se:.3f} ({'exact' if model.config.causal else 'bound'})"]
-        cells += [f"{mean / math.log(2) * tok_per_char:.3f}"]
-        kind = "AR" if model.config.causal else "Duo" if model.config.time_cond else "MDLM"
-        row(f"{out_dir} ({kind})", cells, samples, eos)
-    print(f"\nval NLL: {len(windows)} val windows of {T_nll} tokens, token 0 given; diffusion bound over "
-          f"{n_draws} draws per window. Samples: {num_samples} x {gen_length} tokens after {prompt_len}-token "
-          f"val prompts; diffusion: {steps} steps, blocks of {block_length}, {remasking} remasking; temperature "
-          f"{temperature}. Judge: {judge} ({judge_model.num_params() / 1e6:.2f}M, AR).")
-    for name, ids in shown:
-        print(f"\n--- {name}:\n{decode(ids)}")
+    accuracy_main() if mode == "accuracy" else table_main()

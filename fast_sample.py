@@ -1,5 +1,5 @@
 """
-Fast-dLLM (Wu et al. 2025): training-free acceleration of the LLaDA sampler of sample.py, with
+Fast-dLLM (Wu et al. 2025): training-free acceleration of LLaDA's sampler (diffusion.generate), with
 the same structure, names and step (unmask.py); read the two generate() side by side. What changes:
 
 1. A block-wise K/V cache. At the start of every block one full forward refreshes the keys/values
@@ -11,12 +11,12 @@ the same structure, names and step (unmask.py); read the two generate() side by 
    the block is decoded; the cache is exact right after a refresh (and for a causal model the
    prefix cache is exact). Fast-dLLM's observation: within a block they barely change.
 2. Parallel decoding by confidence. Instead of LLaDA's fixed k per step:
-   - threshold: commit every masked position of the block whose confidence is >= tau, and always
+   - threshold: commit every masked position of the block whose confidence is >= threshold, and always
      at least the most confident one (without it the loop could stall);
    - factor: with confidences sorted c(1) >= c(2) >= ..., commit the largest n with
      (n + 1)(1 - c(n)) < f. When all committed marginals exceed 1 - eps and (n + 1) eps <= 1,
      greedy parallel decoding equals greedy sequential decoding (Fast-dLLM, Theorem 1).
-   With neither, the fixed schedule of sample.py is kept.
+   With neither, diffusion.generate's fixed schedule is kept.
 3. Rows finish independently: a row whose block is decoded stops calling the model (parallel
    rules), and a row that has committed EOS with only EOS after it is filled with EOS and done
    (the reference decodes every position). NFE counts model calls per row.
@@ -92,8 +92,8 @@ def eos_fill(x, P, m, eos_id):
 def generate(model, prompt, *, steps=128, gen_length=128, block_length=128, temperature=0.0,
              remasking="low_confidence", cache="dual", threshold=0.9, factor=0.0, eos_stop=True,
              mask_id=None, eos_id=-1, forbid_eos=False, pad=None, generator=None, on_step=None):
-    """Fast-dLLM: sample.generate with a K/V cache and parallel commits. threshold > 0: the threshold
-    rule; else factor > 0: the factor rule; else sample.py's fixed schedule of `steps`.
+    """Fast-dLLM: diffusion.generate with a K/V cache and parallel commits. threshold > 0: the threshold
+    rule; else factor > 0: the factor rule; else diffusion.generate's fixed schedule of `steps`.
     Returns (canvas (B, P + gen_length), NFE per row)."""
     if cache not in CACHES:
         raise ValueError(f"unknown cache {cache!r}; choose from {CACHES}")

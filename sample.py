@@ -1,12 +1,15 @@
 """
-How a masked diffusion model writes text: the LLaDA and MDLM samplers.
+How a diffusion language model writes text: the command line of every family's sampler.
 
     python sample.py --prompt="ROMEO:" --gen_length=96 --show        # watch the canvas unmask
     python sample.py --sampler=ancestral --steps=32                  # MDLM ancestral sampling
     python sample.py --prompt="ROMEO:[MASK*40]JULIET:" --gen_length=0  # infilling
+    python sample.py --fast --cache=dual --threshold=0.9             # Fast-dLLM
+    python sample.py --out_dir=out-shakespeare-duo --steps=8         # Duo (a uniform-state checkpoint)
 
 The canvas is the prompt followed by gen_length [MASK]s; [MASK] or [MASK*n] in the prompt text
-opens masked spans anywhere (infilling). Given text is never changed. Samplers:
+opens masked spans anywhere (infilling). Given text is never changed. The checkpoint names its
+family (families.py), and the family's generate() writes: for masked diffusion (diffusion.py)
 
 - llada (LLaDA, Nie et al. 2025, Algorithm 4 + semi-autoregressive blocks): the answer is cut into
   blocks of block_length, decoded left to right, each with steps / num_blocks steps. At every step
@@ -19,10 +22,11 @@ opens masked spans anywhere (infilling). Given text is never changed. Samplers:
   model; a step that reveals nothing does not call the model again (it has no time input).
 - remdm (ReMDM, Wang et al. 2025): the ancestral step, plus each decoded token is re-masked with
   probability sigma_t = min(eta, (1 - alpha_s) / alpha_t) so the model can revise it: self-correction.
+- --fast: Fast-dLLM's version of llada (fast_sample.py: a K/V cache and parallel commits).
 
-The step they share with fast_sample.py (the Fast-dLLM version of generate) lives in unmask.py: the
-canvas, the block plan, the model with left padding, and the commit step. sample() picks a sampler
-by its command-line options; the command line itself is at the end of this file.
+A Duo checkpoint samples with duo.py's ancestral sampler (--top_k, --top_p, --greedy_tail), an AR
+one with ar.py's cached decoder. This file holds what they share: the prompt, the live view, the
+options and their checks.
 """
 
 import json
@@ -35,101 +39,11 @@ import torch
 
 from configurator import (NON_NEGATIVE, POSITIVE, UNIT, check, check_device, check_writable, configure, fail, one_of,
                           rule)
-from diffusion import alpha
-from model import load_checkpoint
+from diffusion import SAMPLERS, generate, generate_ancestral  # noqa: F401  (sample.generate: LLaDA's sampler)
+from families import FAMILIES, load, options_of
+from fast_sample import CACHES
 from tokenizer import MASK_GLYPH, get_codec
-from unmask import REMASKING, add_gumbel_noise, blocks, canvas, commit, num_transfer_tokens, padded_forward
-import duo
-import fast_sample
-
-SAMPLERS = ("llada", "ancestral", "remdm")
-
-
-@torch.no_grad()
-def generate(model, prompt, *, steps=128, gen_length=128, block_length=128, temperature=0.0,
-             remasking="low_confidence", cfg_scale=0.0, mask_id=None, eos_id=-1, forbid_eos=False, pad=None,
-             generator=None, on_step=None):
-    """The LLaDA sampler. prompt: (B, P) ids, [MASK] allowed (infilled together with the first block);
-    pad: optional (B,) left-padding counts. Returns (canvas (B, P + gen_length), NFE per row)."""
-    m = model.config.mask_id if mask_id is None else mask_id
-    x = canvas(prompt, gen_length, m)
-    given = x != m  # prompt (and padding): never changed; masked out for the unconditional pass
-    fwd, nfe = padded_forward(model, pad, x.size(1), eos_id if forbid_eos else -1), 0
-    for lo, e, n_steps in blocks(x, prompt.size(1), gen_length, block_length, steps, m):
-        k = num_transfer_tokens(x[:, lo:e] == m, n_steps)  # (B, n_steps) commits per step
-        for i in range(n_steps):
-            if cfg_scale > 0:  # classifier-free guidance: u + (s + 1)(c - u), u = prompt masked
-                c, u = fwd(torch.cat([x, torch.where(given, m, x)]), torch.arange(len(x)).repeat(2)).chunk(2)
-                logits = torch.where(c == float("-inf"), c, u + (cfg_scale + 1) * (c - u))  # -inf stays -inf
-                nfe += 2
-            else:
-                logits = fwd(x)
-                nfe += 1
-            cand, chosen = commit(logits[:, lo:e], x[:, lo:e] == m, k[:, i], temperature, remasking, generator)
-            x[:, lo:e] = torch.where(chosen, cand, x[:, lo:e])
-            if on_step:
-                on_step(x, torch.nn.functional.pad(chosen, (lo, x.size(1) - e)))
-    return x, nfe
-
-
-@torch.no_grad()
-def generate_ancestral(model, prompt, *, steps=128, gen_length=128, temperature=1.0, schedule="linear", eta=0.0,
-                       mask_id=None, eos_id=-1, forbid_eos=False, pad=None, generator=None, on_step=None):
-    """MDLM ancestral sampling (eta = 0) or ReMDM remasking (eta > 0) on the time grid
-    1 = t_0 > t_1 > ... > t_steps = 0. Returns (canvas, NFE per row)."""
-    if steps <= 0:
-        raise ValueError(f"steps={steps} must be positive")
-    m = model.config.mask_id if mask_id is None else mask_id
-    x = canvas(prompt, gen_length, m)
-    B, given = x.size(0), x != m
-    fwd = padded_forward(model, pad, x.size(1), eos_id if forbid_eos else -1)
-    logits, stale, calls = None, torch.ones(B, dtype=torch.bool, device=x.device), 0
-    ts = torch.linspace(1, 0, steps + 1, dtype=torch.float64)
-    for i in range(steps):
-        a_t, a_s = alpha(ts[i], schedule)[0].item(), alpha(ts[i + 1], schedule)[0].item()
-        sigma = min(eta, (1 - a_s) / a_t) if a_t > 0 else 0.0  # ReMDM "cap" schedule; 0 for MDLM
-        p_reveal = (a_s - (1 - sigma) * a_t) / (1 - a_t)  # masked -> token: the reverse posterior
-        if stale.any():  # the no-change shortcut: a row whose canvas did not change keeps its prediction
-            rows = stale.nonzero().squeeze(1)
-            out = fwd(x[rows], rows)  # (n, T, V)
-            logits = out if logits is None else logits.index_copy_(0, rows, out)
-            calls += len(rows)
-        masked = x == m
-        u = torch.rand(x.shape, dtype=torch.float64, device=x.device, generator=generator)
-        reveal = masked & (u < p_reveal)
-        remask = ~masked & ~given & (u < sigma)  # decoded -> [MASK] with probability sigma
-        new = x.clone()
-        new[reveal] = add_gumbel_noise(logits[reveal], temperature, generator).argmax(-1)
-        new[remask] = m
-        stale = (new != x).any(1)
-        x = new
-        if on_step:
-            on_step(x, reveal)
-    return x, calls / B
-
-
-def sample(model, prompt, *, sampler="llada", fast=False, steps=128, gen_length=128, block_length=128,
-           temperature=0.0, remasking="low_confidence", cfg_scale=0.0, eta=0.0, cache="dual", threshold=0.9,
-           factor=0.0, top_k=0, top_p=1.0, greedy_tail=True, **kw):
-    """Any sampler of the project by its command-line options: sampler='llada' (generate), 'ancestral'
-    or 'remdm' (generate_ancestral, eta > 0 only for remdm), and fast=True for Fast-dLLM's version of
-    llada (fast_sample.generate); a time-conditioned (uniform-state) model samples with duo.generate.
-    kw: mask_id, eos_id, forbid_eos, pad, generator, on_step. Returns (canvas, NFE per row)."""
-    if model.config.time_cond:
-        return duo.generate(model, prompt, steps=steps, gen_length=gen_length, temperature=temperature, top_k=top_k,
-                            top_p=top_p, greedy_tail=greedy_tail, generator=kw.get("generator"),
-                            on_step=kw.get("on_step"))
-    if fast:
-        if sampler != "llada" or cfg_scale > 0:
-            raise ValueError("--fast accelerates the llada sampler without guidance (sampler=llada, cfg_scale=0)")
-        return fast_sample.generate(model, prompt, steps=steps, gen_length=gen_length, block_length=block_length,
-                                    temperature=temperature, remasking=remasking, cache=cache, threshold=threshold,
-                                    factor=factor, **kw)
-    if sampler == "llada":
-        return generate(model, prompt, steps=steps, gen_length=gen_length, block_length=block_length,
-                        temperature=temperature, remasking=remasking, cfg_scale=cfg_scale, **kw)
-    return generate_ancestral(model, prompt, steps=steps, gen_length=gen_length, temperature=temperature,
-                              eta=eta if sampler == "remdm" else 0.0, **kw)
+from unmask import REMASKING
 
 
 def parse_prompt(text, encode, mask_id):
@@ -209,11 +123,9 @@ if __name__ == "__main__":
     globals().update(configure(defaults))
     check(globals(), dict(num_samples=POSITIVE, gen_length=NON_NEGATIVE, steps=NON_NEGATIVE, block_length=POSITIVE,
                           temperature=NON_NEGATIVE, sampler=one_of(*SAMPLERS), remasking=one_of(*REMASKING),
-                          cfg_scale=NON_NEGATIVE, eta=UNIT, cache=one_of(*fast_sample.CACHES), threshold=UNIT,
+                          cfg_scale=NON_NEGATIVE, eta=UNIT, cache=one_of(*CACHES), threshold=UNIT,
                           factor=NON_NEGATIVE, top_k=NON_NEGATIVE, top_p=rule(lambda v: 0 < v <= 1, "in (0, 1]"),
                           seed=NON_NEGATIVE))
-    if fast and (sampler != "llada" or cfg_scale > 0):
-        fail("--fast accelerates the llada sampler without guidance (sampler=llada, cfg_scale=0)")
     check_device(device)
     if trace:
         check_writable(trace, "trace")
@@ -226,51 +138,38 @@ if __name__ == "__main__":
                 prompt = f.read()
         except (UnicodeDecodeError, OSError) as e:
             fail(f"prompt file {path} is not readable UTF-8 text ({type(e).__name__})")
-    model, ckpt = load_checkpoint(f"{out_dir}/ckpt.pt", device)
-    if model.config.causal:
-        fail(f"{out_dir}/ckpt.pt is an autoregressive model (objective=ar); sample.py samples diffusion models")
+    model, ckpt, fam = load(out_dir, device)  # the family: the one lookup (families.py)
     model.eval()
-    kind = "duo" if model.config.time_cond else "mdlm"  # the checkpoint says which sampler family applies
-    only = dict(mdlm=["sampler", "block_length", "remasking", "cfg_scale", "eta", "forbid_eos", "fast", "cache",
-                      "threshold", "factor"], duo=["top_k", "top_p", "greedy_tail"])
-    for key in only["duo" if kind == "mdlm" else "mdlm"]:
+    for key in sorted({k for f in FAMILIES.values() for k in f.sample_options} - set(fam.sample_options)):
         if globals()[key] != defaults[key]:
-            fail(f"--{key} does not apply to {out_dir}, a {kind} checkpoint ({'uniform-state' if kind == 'duo' else 'masked'} diffusion)")
+            fail(f"--{key} does not apply to {out_dir}, a {ckpt['config']['objective']} checkpoint (its options: "
+                 f"{', '.join(fam.sample_options) or 'none'})")
     meta, m = ckpt["meta"], model.config.mask_id
     encode, decode = get_codec(meta)
     try:
         ids = parse_prompt(prompt, encode, m)
     except ValueError as e:
         fail(f"prompt: {e}")
+    if gen_length == 0 and not (fam.infills and m in ids):
+        fail("nothing to generate: gen_length is 0 and the prompt has no [MASK] to infill")
+    opts = options_of(fam.sample_options, dict(globals(), steps=steps or gen_length or ids.count(m)))
+    try:
+        fam.check_sampling(gen_length=gen_length, **opts)  # the rules between options, before any work
+    except ValueError as e:
+        fail(e)
     if len(ids) + gen_length > model.config.block_size:
         fail(f"prompt ({len(ids)} tokens) + gen_length ({gen_length}) exceeds the model's context "
              f"of {model.config.block_size} tokens")
-    if gen_length == 0 and m not in ids:
-        fail("nothing to generate: gen_length is 0 and the prompt has no [MASK]")
-    steps = steps or gen_length or ids.count(m)
-    if kind == "mdlm" and sampler == "llada":  # only LLaDA's sampler (and --fast) decodes in blocks
-        if gen_length % block_length:
-            fail(f"--gen_length={gen_length} must be a multiple of --block_length={block_length}")
-        n_blocks = gen_length // block_length if gen_length else 1
-        if steps % n_blocks:
-            fail(f"--steps={steps} must be a multiple of the {n_blocks} blocks (gen_length / block_length)")
     gen = torch.Generator(device=device).manual_seed(seed)
     x = torch.tensor([ids] * num_samples, dtype=torch.long, device=device)
     view = LiveView(decode, m, show, trace) if show or trace else None
     eos = meta.get("eos_id", -1)
-    try:
-        out, nfe = sample(model, x, sampler=sampler, fast=fast, steps=steps, gen_length=gen_length,
-                          block_length=block_length if gen_length else 0, temperature=temperature, remasking=remasking,
-                          cfg_scale=cfg_scale, eta=eta, cache=cache, threshold=threshold, factor=factor, top_k=top_k,
-                          top_p=top_p, greedy_tail=greedy_tail, eos_id=eos, forbid_eos=forbid_eos, generator=gen,
-                          on_step=view)
-    except ValueError as e:
-        fail(e)
+    out, nfe = fam.generate(model, x, gen_length=gen_length, temperature=temperature, eos_id=eos, generator=gen,
+                            on_step=view, **opts)
     for row in out.tolist():
         print(decode(cut_at_eos(row, eos, len(ids))))
         print("---------------")
     if view:
         view.save()
-    name = "duo ancestral" + (", greedy tail" if greedy_tail else "") if kind == "duo" else sampler
-    print(f"({'fast ' + cache + ' cache, ' if fast else ''}{name}, {nfe:g} model forwards per sample (NFE) for "
-          f"{gen_length + ids.count(m)} tokens)", file=sys.stderr)
+    print(f"({fam.describe(**opts)}, {nfe:g} model forwards per sample (NFE) for {gen_length + ids.count(m)} tokens)",
+          file=sys.stderr)

@@ -30,6 +30,14 @@ def write_files(folder, files):
         os.replace(tmp, path)
 
 
+def dataset_dir(dataset):
+    """The folder of a dataset, the same in every script: a name of data/ ('shakespeare_char') or a path
+    (anything with a '/': relative to the working directory)."""
+    if os.sep in dataset:
+        return dataset
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", dataset)
+
+
 def load_meta(data_dir):
     """The dataset's meta.pkl; ValueError, with what is wrong in one line, when it is missing or unreadable."""
     path = os.path.join(data_dir, "meta.pkl")

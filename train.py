@@ -10,9 +10,9 @@ Every step's global batch (token windows, times t, masks) is drawn from a genera
 (seed, step) and then split among processes and micro-steps: N processes give the weights that one
 process gives with the same global batch, and a resumed run continues exactly as if never stopped.
 
-The objective is a file with two functions (diffusion.py, duo.py, ar.py): noise(clean rows) -> what
-the loss needs, and loss(model, batch). This script picks one in a single place ("the objective"
-below) and never looks inside a batch.
+The objective names a model family (families.py: diffusion.MDLM, ar.AR, duo.Duo, duo.DCD): how a batch
+of clean rows is noised, the loss, the val bound, the model's flags and any extra state to checkpoint.
+This script looks it up once ("the family" below) and never looks inside a batch.
 
     python train.py config/shakespeare_duo.py                   # uniform-state diffusion (Duo)
     python train.py config/shakespeare_dcd.py                   # its consistency distillation
@@ -33,13 +33,12 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.distributed import barrier, init_process_group, destroy_process_group
 from tqdm import tqdm
 
-import ar
 import diffusion
-import duo
-from configurator import (NON_NEGATIVE, POSITIVE, UNIT_OPEN, check, check_device, check_writable, configure, fail,
-                          given, one_of, rule)
+from configurator import (NON_NEGATIVE, POSITIVE, UNIT_OPEN, check, check_device, check_writable, command_line_keys,
+                          configure, fail, one_of, rule)
+from families import FAMILIES
 from model import GPT, GPTConfig, load_checkpoint
-from tokenizer import load_meta, load_sft, same_tokens, sft_rows
+from tokenizer import dataset_dir, load_meta, load_sft, same_tokens
 
 # -----------------------------------------------------------------------------
 # defaults: a small character-level masked diffusion model on Tiny Shakespeare
@@ -64,12 +63,12 @@ n_head = 4
 n_embd = 128
 dropout = 0.0
 # objective
-objective = "mdlm"      # 'mdlm' (masked diffusion ELBO), 'ar' (causal next-token loss), 'duo' (uniform-state
-                        # diffusion, duo.py) or 'dcd' (Duo's consistency distillation of an init_from checkpoint)
+objective = "mdlm"      # the model family (families.py): 'mdlm' (masked diffusion), 'ar' (causal next-token loss),
+                        # 'duo' (uniform-state diffusion) or 'dcd' (Duo's consistency distillation of an init_from model)
 schedule = "linear"     # noise schedule alpha_t, see diffusion.SCHEDULES
 masking = "rate"        # 'rate': each token masked w.p. 1 - alpha_t (MDLM); 'count': exactly l ~ U{1..L} (LLaDA)
 train_loss = "elbo"     # 'elbo': the NELBO (a bound); 'flat': the mean CE of all masked tokens (a surrogate, see diffusion.flat_weight)
-t_eps = 1e-3            # t ~ U(t_eps, 1)
+t_eps = 1e-3            # t ~ U(t_eps, 1) (masked and uniform-state diffusion)
 antithetic = True       # low-discrepancy times across the global batch
 curriculum_iters = 0    # duo: the first this many steps read the Gaussian curriculum's soft input (duo.noise)
 tau = 1e-3              # duo: the curriculum's softmax temperature
@@ -105,23 +104,19 @@ config = {k: globals()[k] for k in config_keys}
 check(config, dict(
     eval_interval=POSITIVE, eval_iters=POSITIVE, log_interval=NON_NEGATIVE, batch_size=POSITIVE,
     block_size=POSITIVE, gradient_accumulation_steps=POSITIVE, n_layer=POSITIVE, n_head=POSITIVE, n_embd=POSITIVE,
-    dropout=UNIT_OPEN, objective=one_of("mdlm", "ar", "duo", "dcd"), schedule=one_of(*diffusion.SCHEDULES),
+    dropout=UNIT_OPEN, objective=one_of(*FAMILIES), schedule=one_of(*diffusion.SCHEDULES),
     masking=one_of("rate", "count"), train_loss=one_of("elbo", "flat"), t_eps=rule(lambda v: 0 < v < 1, "in (0, 1)"),
     learning_rate=POSITIVE, max_iters=NON_NEGATIVE, weight_decay=NON_NEGATIVE, beta1=UNIT_OPEN, beta2=UNIT_OPEN,
     grad_clip=NON_NEGATIVE, warmup_iters=NON_NEGATIVE, lr_decay_iters=NON_NEGATIVE,
     min_lr=rule(lambda v: 0 <= v <= learning_rate, f"in [0, learning_rate={learning_rate}]"),
     dtype=one_of("float32", "bfloat16"), seed=NON_NEGATIVE, curriculum_iters=NON_NEGATIVE,
     tau=POSITIVE, ema_decay=UNIT_OPEN, dcd_delta=rule(lambda v: 0 < v < 1, "in (0, 1)"), dcd_round_iters=POSITIVE))
-# an option of another objective is a mistake on the command line; in a config file it is the task's recipe
-# for that objective, which the same file serves for the baselines (config/sudoku.py --objective=ar)
-typed = given()
-for keys, applies in [(("schedule", "masking", "train_loss"), ("mdlm",)), (("curriculum_iters", "tau"), ("duo",)),
-                      (("dcd_delta", "dcd_round_iters"), ("dcd",))]:
-    for key in keys:
-        if key in typed and config[key] != defaults[key] and objective not in applies:
-            fail(f"--{key} applies to --objective={' or '.join(applies)} only, not {objective}")
-if objective == "dcd" and init_from in ("scratch",):
-    fail("--objective=dcd distils a trained Duo model: give it with --init_from=<out_dir of objective=duo>")
+fam = FAMILIES[objective]  # the family: the one lookup; from here on only its names (families.py)
+# an option of another family is a mistake on the command line; in a config file it is the task's recipe
+# for that family, which the same file serves for the baselines (config/sudoku.py --objective=ar)
+for key in sorted(command_line_keys() & {k for f in FAMILIES.values() for k in f.options} - set(fam.options)):
+    if config[key] != defaults[key]:
+        fail(f"--{key} is not an option of --objective={objective} (it reads {', '.join(fam.options) or 'none'})")
 if n_embd % n_head or (n_embd // n_head) % 2:
     fail(f"--n_embd={n_embd} must be divisible by --n_head={n_head} into heads of an even size (RoPE rotates pairs)")
 if init_from not in ("scratch", "resume") and not os.path.exists(init_from):
@@ -162,7 +157,7 @@ if master:
 
 # data: data/<dataset>/ (or any folder given by path) with meta.pkl and either train.bin / val.bin (a token
 # stream: pretraining) or train_sft.pkl / val_sft.pkl (prompt/response pairs: SFT); prepared on first use
-data_dir = dataset if os.sep in dataset else os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", dataset)
+data_dir = dataset_dir(dataset)
 if not any(os.path.exists(os.path.join(data_dir, f)) for f in ("val.bin", "val_sft.pkl")):
     prepare = os.path.join(data_dir, "prepare.py")
     if not os.path.exists(prepare):
@@ -177,14 +172,12 @@ try:
 except ValueError as e:
     fail(e)
 mask_id = meta["mask_id"]
-K = meta["vocab_size"] - 1  # duo's real tokens: every id but [MASK], which it requires to be the last
-if objective in ("duo", "dcd") and mask_id != K:
-    fail(f"--objective={objective} needs [MASK] as the last id of the vocabulary ({dataset}'s is {mask_id} of "
-         f"{meta['vocab_size']})")
 sft = os.path.exists(os.path.join(data_dir, "train_sft.pkl"))
+try:
+    fam.check(config, meta, sft)  # what the family cannot train on
+except ValueError as e:
+    fail(e)
 if sft:  # (prompt, response[, holes]) records: tokenizer.py's SFT contract
-    if objective not in ("mdlm", "ar"):
-        fail(f"{dataset} holds SFT records, which train objective=mdlm or ar")
     try:
         pairs = {split: load_sft(data_dir, split, block_size) for split in ("train", "val")}
     except ValueError as e:
@@ -199,28 +192,8 @@ else:
             fail(f"the {split} split of {dataset} has {n} tokens, too few for --block_size={block_size}")
 
 
-# the objective: how a batch of clean rows is noised and scored, the one place that knows (the val bound
-# of MDLM always uses the lower-variance count estimator and the ELBO's own weights, whatever trains)
-if objective == "ar":  # rows one token longer than the model's input: the last target
-    shift, val_name = 1, "NLL"
-    noise = lambda x0, maskable, g, step, val: ar.noise(x0, maskable)  # noqa: E731
-    loss_fn = ar.loss
-elif objective == "mdlm":
-    shift, val_name = 0, "NLL bound"
-    noise = lambda x0, maskable, g, step, val: diffusion.noise(  # noqa: E731
-        x0, maskable, mask_id, schedule, "count" if val else masking, t_eps, antithetic,
-        flat=train_loss == "flat" and not val, generator=g)
-    loss_fn = diffusion.loss
-else:  # duo, dcd: the discrete bound on val; training reads the curriculum first (duo) or distils (dcd)
-    shift, val_name = 0, "NLL bound"
-
-    def noise(x0, maskable, g, step, val):
-        if objective == "dcd" and not val:  # delta doubles every round
-            return duo.dcd_noise(x0, maskable, K, min(0.5, dcd_delta * 2 ** (step // dcd_round_iters)), g)
-        return duo.noise(x0, maskable, K, curriculum=not val and step < curriculum_iters, tau=tau, eps=t_eps,
-                         antithetic=antithetic, generator=g)
-    loss_fn = (lambda model, batch: duo.dcd_loss(model, teacher, batch)) if objective == "dcd" else duo.loss
-val_loss_fn = duo.loss if objective == "dcd" else loss_fn
+shift = fam.shift  # an AR row is one token longer than the model's input: the last target
+val_name = "NLL" if fam.exact else "NLL bound"
 
 
 def get_batch(split, step, n, stream=0):
@@ -231,28 +204,27 @@ def get_batch(split, step, n, stream=0):
     g = torch.Generator().manual_seed((seed * 3 + stream) * 10**9 + step)
     if sft:
         idx = torch.randint(len(pairs[split]), (n,), generator=g).tolist()
-        x0, maskable = sft_rows([pairs[split][i] for i in idx], block_size + shift, meta["eos_id"], g, mask_id,
-                                causal=objective == "ar")
+        x0, maskable = fam.sft_rows([pairs[split][i] for i in idx], block_size + shift, meta["eos_id"], g, mask_id)
     else:
         data = np.memmap(os.path.join(data_dir, f"{split}.bin"), dtype=np.uint16, mode="r")
         ix = torch.randint(len(data) - block_size - 1, (n,), generator=g)
         x0 = torch.stack([torch.from_numpy(data[i:i + block_size + 1].astype(np.int64)) for i in ix.tolist()])
         x0 = x0[:, :block_size + shift]
         maskable = torch.ones_like(x0, dtype=torch.bool)
-    return noise(x0, maskable, g, step, split == "val")
+    return obj.noise(x0, maskable, g, step, split == "val")
 
 
 @torch.no_grad()
-def estimate_val(m):
-    """Val loss of model m on fixed rows and noise: the exact NLL of an AR model, the NLL bound of a
-    diffusion one. m: the bare module (only the master evaluates, outside DDP) or its EMA."""
-    m.eval()
+def estimate_val(net):
+    """Val loss of a model on fixed rows and noise: the exact NLL of an AR model, the NLL bound of a
+    diffusion one. net: the bare module (only the master evaluates, outside DDP) or its EMA."""
+    net.eval()
     losses = []
     for k in range(eval_iters):
         with ctx:
             batch = [b.to(device) for b in get_batch("val", k, batch_size, stream=1)]
-            losses.append(val_loss_fn(m, batch).item())
-    m.train()
+            losses.append(obj.val_loss(net, batch).item())
+    net.train()
     return sum(losses) / len(losses)
 
 
@@ -290,7 +262,7 @@ def from_checkpoint(path):
     (it would be ignored and then written into the new checkpoint's config)."""
     model, ck = load_checkpoint(path, device, ema=init_from != "resume")  # resume the raw weights, fine-tune the EMA
     was = ck["config"].get("objective")
-    if model.config.causal != (objective == "ar") or model.config.time_cond != (objective in ("duo", "dcd")):
+    if {k: getattr(model.config, k) for k in fam.flags} != fam.flags:  # another kind of model
         fail(f"{path} was trained with objective={was}, not --objective={objective}")
     if init_from == "resume" and was != objective:
         fail(f"{path} was trained with objective={was}: resume it with --objective={was}")
@@ -320,26 +292,22 @@ elif init_from != "scratch":  # fine-tune: the pretrained weights, a fresh optim
 else:
     torch.manual_seed(seed)  # the same initial weights on every process
     model = GPT(GPTConfig(block_size=block_size, vocab_size=meta["vocab_size"], mask_id=mask_id, n_layer=n_layer,
-                          n_head=n_head, n_embd=n_embd, dropout=dropout, causal=objective == "ar",
-                          time_cond=objective == "duo")).to(device)
+                          n_head=n_head, n_embd=n_embd, dropout=dropout, **fam.flags)).to(device)
 optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
+raw_model = model
+obj = fam(config, meta, raw_model)  # the family's training side: noise, loss, val loss, extra state
+if ema_decay:  # a float32 copy of the weights, averaged over the steps (MDLM and Duo train with 0.9999)
+    ema_model = copy.deepcopy(raw_model).float().requires_grad_(False)
 if init_from == "resume":
     try:
         optimizer.load_state_dict(ckpt["optimizer"])
-        ckpt_teacher = ckpt["teacher"] if objective == "dcd" else None
-        ckpt_ema = ckpt["ema"] if ema_decay else None
-    except (KeyError, TypeError, ValueError) as e:
-        fail(f"{ckpt_path} is not a checkpoint train.py can resume ({type(e).__name__}: {e})")
+        if ema_decay:
+            ema_model.load_state_dict(ckpt["ema"])
+        for key, module in obj.extra.items():  # e.g. DCD's teacher, as it was in the round being resumed
+            module.load_state_dict(ckpt[key])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        fail(f"{ckpt_path} is not a checkpoint train.py can resume ({type(e).__name__}: {str(e).splitlines()[0]})")
     del ckpt
-raw_model = model
-if ema_decay:  # a float32 copy of the weights, averaged over the steps (MDLM and Duo train with 0.9999)
-    ema_model = copy.deepcopy(raw_model).float().requires_grad_(False)
-    if init_from == "resume":
-        ema_model.load_state_dict(ckpt_ema)
-if objective == "dcd":  # the teacher: the student as it was at the start of the round (resumed from the checkpoint)
-    teacher = copy.deepcopy(raw_model).eval().requires_grad_(False)
-    if init_from == "resume":
-        teacher.load_state_dict(ckpt_teacher)
 if compile:
     model = torch.compile(model)
 if ddp:
@@ -377,8 +345,7 @@ while True:
                 ckpt = dict(model=raw_model.state_dict(), optimizer=optimizer.state_dict(),
                             model_args=asdict(raw_model.config), iter_num=iter_num, best_val=best_val,
                             tokens=tokens, train_time=prev_time + time.time() - t0, config=config, meta=meta)
-                if objective == "dcd":
-                    ckpt["teacher"] = teacher.state_dict()
+                ckpt.update({key: module.state_dict() for key, module in obj.extra.items()})
                 if ema_decay:  # sample.py and eval.py use these weights (model.load_checkpoint)
                     ckpt["ema"] = ema_model.state_dict()
                 torch.save(ckpt, ckpt_path + ".tmp")
@@ -386,15 +353,14 @@ while True:
     if iter_num >= max_iters or eval_only:
         break
 
-    if objective == "dcd" and iter_num % dcd_round_iters == 0:  # a new round: the teacher is the student now
-        teacher.load_state_dict(raw_model.state_dict())
+    obj.begin_step(iter_num, raw_model)  # e.g. DCD: a new round's teacher
     batch = get_batch("train", iter_num, G)
     for micro in range(accum):
         rows = slice((rank * accum + micro) * batch_size, (rank * accum + micro + 1) * batch_size)
         if ddp:  # all-reduce the gradients on the last micro-step only
             model.require_backward_grad_sync = micro == accum - 1
         with ctx:
-            loss = loss_fn(model, [b[rows].to(device, non_blocking=True) for b in batch]) / accum
+            loss = obj.loss(model, [b[rows].to(device, non_blocking=True) for b in batch]) / accum
         loss.backward()
     if grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)

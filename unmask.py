@@ -1,5 +1,5 @@
 """
-One unmasking step, shared by the masked-diffusion samplers (sample.py) and their Fast-dLLM version
+One unmasking step, shared by the masked-diffusion samplers (diffusion.py) and their Fast-dLLM version
 (fast_sample.py): the canvas, the plan of semi-autoregressive blocks, the model as a function of (part
 of) the canvas, and the commit step (draw a candidate token at every masked position, score how
 sure the model is of it, commit the most confident). The two samplers differ only in what they
@@ -67,16 +67,24 @@ def canvas(prompt, gen_length, mask_id):
     return torch.cat([prompt, prompt.new_full((prompt.size(0), gen_length), mask_id)], 1)
 
 
-def blocks(x, P, gen_length, block_length, steps, mask_id):
-    """The semi-autoregressive plan on canvas x (B, P + gen_length): yields (lo, e, steps per block)
-    for each block, left to right; gen_length 0 is one block, the infill in the prompt. The window
-    start lo is taken when the block starts: the block's first position, or earlier if an infill
-    mask is left before it. Bad sizes raise ValueError before anything runs."""
+def check_blocks(gen_length, block_length, steps):
+    """The number of blocks of the semi-autoregressive plan (gen_length 0: one, the infill in the
+    prompt); ValueError unless block_length divides gen_length and the blocks divide the steps."""
     if gen_length and (block_length <= 0 or gen_length % block_length):
-        raise ValueError(f"gen_length={gen_length} is not divisible by block_length={block_length}")
+        raise ValueError(f"--gen_length={gen_length} must be a multiple of --block_length={block_length}")
     num_blocks = gen_length // block_length if gen_length else 1
     if steps <= 0 or steps % num_blocks:
-        raise ValueError(f"steps={steps} is not a positive multiple of the number of blocks {num_blocks}")
+        raise ValueError(f"--steps={steps} must be a positive multiple of the {num_blocks} blocks "
+                         f"(gen_length / block_length)")
+    return num_blocks
+
+
+def blocks(x, P, gen_length, block_length, steps, mask_id):
+    """The semi-autoregressive plan on canvas x (B, P + gen_length): yields (lo, e, steps per block)
+    for each block, left to right. The window start lo is taken when the block starts: the block's
+    first position, or earlier if an infill mask is left before it. Bad sizes raise ValueError
+    (check_blocks) before anything runs."""
+    num_blocks = check_blocks(gen_length, block_length, steps)
     for nb in range(num_blocks):
         s, e = P + nb * block_length, P + (nb + 1) * block_length if gen_length else P
         cols = (x[:, :s] == mask_id).any(0).nonzero()

@@ -1,7 +1,7 @@
 # GSM8K with the GPT-2 BPE (data/gsm8k: "Question: ...\nAnswer: " as the prompt, the worked solution
 # ending "#### <number>" as the response), masked diffusion SFT from scratch: the real-data path, sized
-# for a CPU. A 7M-parameter model (6.4M of it the 50k-token embedding) cannot do grade-school maths;
-# on a GPU, start from a pretrained model (init_from) and a far larger one.
+# for a CPU (most of its parameters are the 50k-token embedding); on a GPU, start from a pretrained model
+# (init_from) and a far larger one.
 #   TIKTOKEN_CACHE_DIR=... python data/gsm8k/prepare.py path/to/gsm8k    # or no path: download
 #   python train.py config/gsm8k.py               # then:
 #   python eval.py --mode=accuracy --ckpts=out-gsm8k --gen_length=192 --steps=48 --block_length=32 --max_records=100 --batch_size=20
@@ -9,7 +9,7 @@
 #   python eval.py --mode=accuracy --ckpts=out-gsm8k-ar --max_records=100
 out_dir = "out-gsm8k"
 dataset = "gsm8k"
-block_size = 384        # 99.8% of the problems (prompt + solution) fit; a longer one is cut
+block_size = 384        # prompt + solution; a longer one is cut
 batch_size = 4
 n_layer = 4
 n_head = 4

@@ -1,6 +1,5 @@
 # The AR judge for Tiny Shakespeare (characters): a causal model bigger than the models it scores
-# (eval.py), stopped where its val NLL is lowest (trained to 3400 steps it overfits: val 1.493 at step
-# 2000, 1.520 at 2500). ~30 minutes on a 2-core CPU.
+# (eval.py), stopped before it overfits (RESULTS.md).
 #   python train.py config/judge.py
 out_dir = "out-judge-char"
 dataset = "shakespeare_char"
@@ -10,7 +9,7 @@ batch_size = 16
 n_layer = 6
 n_head = 6
 n_embd = 192            # 2.7M parameters
-dropout = 0.0           # dropout=0.1 ran ~40% slower on our 2-core CPU
+dropout = 0.0
 learning_rate = 1e-3
 min_lr = 1e-4
 max_iters = 2000

@@ -3,7 +3,7 @@
 # sft_rows, data/shakespeare_speech). The model learns to stop on any canvas; the Fast-dLLM
 # benchmark's EOS task (python bench.py --what=fast --out_dir=out-shakespeare-speech).
 #   python train.py config/shakespeare_long.py     # first: the pretrained model
-#   python train.py config/shakespeare_speech.py   # then this fine-tune, ~7 minutes on a 2-core CPU
+#   python train.py config/shakespeare_speech.py   # then this fine-tune
 out_dir = "out-shakespeare-speech"
 dataset = "shakespeare_speech"
 init_from = "out-shakespeare-long"  # its weights, plus an embedding row for the new EOS token

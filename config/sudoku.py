@@ -1,5 +1,5 @@
 # Sudoku by infilling (data/sudoku: the grid in place, its 45 blanks masked), masked diffusion.
-#   python data/sudoku/prepare.py                 # 100,000 puzzles, 80 s
+#   python data/sudoku/prepare.py                 # 100,000 puzzles
 #   python train.py config/sudoku.py              # then: python eval.py --mode=accuracy --ckpts=out-sudoku
 #   python train.py config/sudoku.py --objective=ar --block_size=164 --batch_size=32 --out_dir=out-sudoku-ar
 #       the AR baseline: the puzzle (blanks as [MASK]) as its prompt, the whole solution as its answer
@@ -10,7 +10,7 @@ block_size = 82         # the 81 cells + one EOS (the answer has no length to le
 batch_size = 64
 n_layer = 6
 n_head = 4
-n_embd = 128            # 1.25M parameters
+n_embd = 128
 train_loss = "flat"
 learning_rate = 2e-3
 min_lr = 2e-4

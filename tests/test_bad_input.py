@@ -101,7 +101,7 @@ TABLE = [
     ("bench.py", ["--out_dir={ckpt}", "--judge={judge}", "--what=fewstep", "--top_p=0"], "--top_p=0.0"),
     ("bench.py", ["--out_dir={ckpt}", "--judge={judge}", "--what=fewstep", "--greedy_tail=maybe"], "greedy_tail must be bool"),
     ("bench.py", ["--out_dir={ckpt}", "--judge={judge}", "--block_length=0"], "--block_length=0"),
-    ("bench.py", ["--out_dir={ckpt}", "--judge={judge}", "--what=fast", "--lengths=12"], "must divide"),
+    ("bench.py", ["--out_dir={ckpt}", "--judge={judge}", "--what=fast", "--lengths=12"], "must be a multiple of --block_length=32"),
     ("bench.py", ["--out_dir={ckpt}", "--judge={tmp}/nojudge"], "config/judge.py"),
     ("{prep}/shakespeare_char/prepare.py", ["{empty}"], "empty"),
     ("{prep}/shakespeare_char/prepare.py", ["{tmp}"], "is a folder"),

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+import diffusion
 import duo
 from conftest import tiny_model
 
@@ -32,7 +33,7 @@ def test_the_bound_of_a_uniform_model_is_exactly_log_k(K):
     # prior term is log K. Checks nelbo(), the schedule and prior_kl together, by quadrature.
     t = torch.cat([torch.logspace(-14, -1, 20001, dtype=torch.float64)[:-1],
                    torch.linspace(0.1, 1, 20001, dtype=torch.float64)])
-    a, da = duo.alpha(t)
+    a, da = duo.log_linear(t)
     x0, z = torch.zeros(len(t), 2, dtype=torch.long), torch.tensor([0, 1]).expand(len(t), 2)  # z = x, z != x
     f = duo.nelbo(logits_of(torch.full((len(t), 2, K), 1 / K, dtype=torch.float64)), x0, z, a, da).double()
     p_eq = a + (1 - a) / K
@@ -44,7 +45,7 @@ def test_forward_marginal_is_alpha_onehot_plus_uniform():
     K, n = 5, 200000
     x0 = torch.full((4, n), 2)
     a = torch.tensor([0.9, 0.6, 0.3, 0.05])
-    z = duo.q_sample(x0, a, K, torch.Generator().manual_seed(0))
+    z = duo.q_uniform(x0, a, K, torch.Generator().manual_seed(0))
     freq = F.one_hot(z, K).float().mean(1)  # (4, K)
     want = a[:, None] * F.one_hot(torch.tensor(2), K).float() + (1 - a[:, None]) / K
     se = (want * (1 - want) / n).sqrt()
@@ -74,12 +75,12 @@ def test_nelbo_is_the_limit_of_the_posterior_kl(x, z):
     # nelbo() and posterior() together (with the log-linear schedule, d alpha / dt = -(1 - eps)).
     K, t = 4, 0.6
     p = torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=torch.float64)
-    a_t = duo.alpha(torch.tensor(t, dtype=torch.float64))[0].item()
+    a_t = duo.log_linear(torch.tensor(t, dtype=torch.float64))[0].item()
     want = duo.nelbo(logits_of(p)[None, None], torch.tensor([[x]]), torch.tensor([[z]]), torch.tensor([a_t]),
-                     torch.tensor([-(1 - duo.EPS)])).item()
+                     torch.tensor([-(1 - duo.ALPHA_MIN)])).item()
     errs = []
     for h in (1e-3, 1e-4):
-        a_s = duo.alpha(torch.tensor(t - h, dtype=torch.float64))[0].item()
+        a_s = duo.log_linear(torch.tensor(t - h, dtype=torch.float64))[0].item()
         zt = torch.tensor([[z]])
         q = duo.posterior(F.one_hot(torch.tensor([[x]]), K).double(), zt, a_t, a_s)[0, 0]
         qp = duo.posterior(p[None, None], zt, a_t, a_s)[0, 0]
@@ -104,19 +105,23 @@ def test_T_is_monotone_spans_the_window_and_matches_monte_carlo():
     gamma, T, dT = duo.table(K)
     assert abs(T[0] - 0.95) < 1e-6 and abs(T[-1] - 0.05) < 1e-6 and (T.diff() < 0).all()  # falls as gamma grows
     g_min, g_max = duo.window(K)
-    assert abs(g_min + 2.86) < 0.02 and abs(g_max - 0.74) < 0.02  # the GUIDE's window for 65 characters
-    assert abs(duo.window(50257)[0] + 3.57) < 0.02 and abs(duo.window(50257)[1] + 1.86) < 0.02
-    at = duo.gauss_alpha(torch.tensor([-2.0, 0.0], dtype=torch.float64))
+    g_big = duo.window(50257)  # a bigger vocabulary needs a less noisy window: it is not reused across K
+    assert g_big[0] < g_min - 0.5 and g_big[1] < g_max - 2
+    # T against Monte Carlo, P(argmax(at x + st eps) = x) in alpha units from 10^6 draws, at two points and at
+    # both ends of the window (where alpha_t must be 0.95 and 0.05)
+    at = duo.gauss_alpha(torch.tensor([-2.0, 0.0, g_min, g_max], dtype=torch.float64))
     T2, dT2 = duo.T_of(at, K)
+    assert abs(T2[2] - 0.95) < 1e-6 and abs(T2[3] - 0.05) < 1e-6
     g = torch.Generator().manual_seed(0)
-    for i in range(2):  # P(argmax(at x + st eps) = x), in alpha units, from 10^6 draws: se ~ 5e-4
+    for i in range(4):
         hits = 0
         for _ in range(10):
             w = torch.randn(100000, K, generator=g)
             w[:, 0] += (at[i] / (1 - at[i] ** 2).sqrt()).item()
             hits += (w.argmax(-1) == 0).sum().item()
-        mc = (hits / 1e6 - 1 / K) * K / (K - 1)
-        assert abs(mc - T2[i].item()) < 1e-3 + 1e-3 * 0, (mc, T2[i])
+        p = hits / 1e6
+        mc, se = (p - 1 / K) * K / (K - 1), math.sqrt(p * (1 - p) / 1e6) * K / (K - 1)
+        assert abs(mc - T2[i].item()) < 5 * se, (mc, T2[i], se)
     h = 1e-5  # dT/da against finite differences
     num = (duo.T_of(at + h, K)[0] - duo.T_of(at - h, K)[0]) / (2 * h)
     assert torch.allclose(dT2, num, rtol=1e-4)
@@ -154,10 +159,12 @@ def test_noise_is_seeded_keeps_the_prompt_and_the_soft_input_agrees():
         assert all(torch.equal(u, v) for u, v in zip(a, b))
         inp, _, z, alpha_t, da, _ = a
         assert torch.equal(z[:, :5], x0[:, :5]) and (z[:, 5:] != x0[:, 5:]).any()
-        assert (alpha_t > 0).all() and (alpha_t < 1).all() and (da < 0).all()
+        t = diffusion.sample_t(4, 1e-3, True, generator=torch.Generator().manual_seed(3))  # the first draw of noise()
+        want = duo.gauss_schedule(t, K)[1:] if curriculum else duo.log_linear(t)  # (alpha_t, d alpha_t / dt)
+        assert torch.allclose(alpha_t, want[0]) and torch.allclose(da, want[1])
         if curriculum:
             assert inp.shape == (4, 20, K) and torch.equal(inp.argmax(-1), z)
-            assert torch.allclose(inp.sum(-1), torch.ones(4, 20)) and (0.05 - 1e-4 <= alpha_t).all()
+            assert torch.allclose(inp.sum(-1), torch.ones(4, 20))
 
 
 class Fixed(torch.nn.Module):

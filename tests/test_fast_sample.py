@@ -40,11 +40,17 @@ def test_cache_is_exact_where_attention_cannot_see_the_change(cache, threshold):
 
 
 @pytest.mark.parametrize("cache", ["none", "prefix", "dual"])
-def test_caches_finish_and_keep_the_prompt(cache):
+def test_caches_finish_keep_the_prompt_and_count_one_forward_per_step(cache):
     model = tiny_model(T=48)
     prompt = torch.randint(0, 11, (2, 8))
-    out, nfe = fast_sample.generate(model, prompt, steps=32, gen_length=32, block_length=8, cache=cache, threshold=0.9)
-    assert (out != M).all() and torch.equal(out[:, :8], prompt) and nfe <= 32
+    steps = []  # each step's committed positions (B, T)
+    out, nfe = fast_sample.generate(model, prompt, steps=32, gen_length=32, block_length=8, cache=cache, threshold=0.9,
+                                    on_step=lambda x, chosen: steps.append(chosen.clone()))
+    assert (out != M).all() and torch.equal(out[:, :8], prompt)
+    chosen = torch.stack(steps)  # (n_steps, B, T)
+    assert torch.equal(chosen.sum(0), torch.cat([torch.zeros(2, 8), torch.ones(2, 32)], 1).long())  # each once
+    # a row calls the model at a step exactly when it commits there (at least one token, never a stall)
+    assert nfe == chosen.any(2).sum(0).float().mean().item()
 
 
 class Peaked(torch.nn.Module):

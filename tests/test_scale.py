@@ -5,10 +5,8 @@ import shutil
 import pytest
 import torch
 
-import ar
-import diffusion
-import duo
 from conftest import TINY_TRAIN, run, tiny_model
+from families import FAMILIES
 from model import load_checkpoint
 
 
@@ -41,14 +39,13 @@ def test_ema_is_the_average_of_the_weights_resumes_exactly_and_is_what_sampling_
 @pytest.mark.parametrize("objective", ["mdlm", "ar", "duo"])
 def test_a_bf16_autocast_loss_is_close_to_float32(objective):
     V, g = 12, torch.Generator().manual_seed(0)
-    model = tiny_model(V=V, T=16, causal=objective == "ar", time_cond=objective == "duo").train()
-    x0 = torch.randint(V - 1, (8, 17 if objective == "ar" else 16), generator=g)
-    if objective == "mdlm":
-        batch, loss = diffusion.noise(x0, None, V - 1, generator=g), diffusion.loss
-    elif objective == "ar":
-        batch, loss = ar.noise(x0, torch.ones_like(x0, dtype=torch.bool)), ar.loss
-    else:
-        batch, loss = duo.noise(x0, None, V - 1, curriculum=True, generator=g), duo.loss
+    fam = FAMILIES[objective]
+    model = tiny_model(V=V, T=16, **fam.flags).train()
+    x0 = torch.randint(V - 1, (8, 16 + fam.shift), generator=g)
+    cfg = dict(schedule="linear", masking="rate", train_loss="elbo", t_eps=1e-3, antithetic=True, curriculum_iters=1,
+               tau=1e-3)  # duo: the curriculum's soft input at step 0
+    obj = fam(cfg, dict(mask_id=V - 1, vocab_size=V), model)
+    batch, loss = obj.noise(x0, torch.ones_like(x0, dtype=torch.bool), g, 0, False), obj.loss
     fp32 = loss(model, batch)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         bf16 = loss(model, batch)

@@ -208,6 +208,8 @@ import torch  # noqa: E402
 
 import eval as ev  # noqa: E402
 from tokenizer import as_pair  # noqa: E402
+from ar import AR  # noqa: E402
+from diffusion import MDLM  # noqa: E402
 
 SUDOKU_META = sudoku.char_meta("123456789", "sudoku")
 
@@ -266,31 +268,31 @@ def test_the_accuracy_command_scores_an_oracle_one_and_a_wrong_model_zero():
     for right in (True, False):
         target = answer if right else [(t + 1) % 9 if i in rec[2] else t for i, t in enumerate(rec[0])] + [eos]
         model = Oracle(target, meta["vocab_size"])
-        a, t, nfe, _ = ev.answer_records(model, [rec], meta, steps=45, block_length=1, temperature=0.0)
+        a, t, nfe, _ = ev.answer_records(model, MDLM, [rec], meta, steps=45, block_length=1, temperature=0.0)
         assert ev.score(a, t, [rec], meta)["exact"] == float(right) and nfe == 45
         prompt, full = as_pair(rec, meta["mask_id"])  # the AR row: puzzle, solution, EOS
         ar_target = prompt + (full if right else target[:81]) + [eos]
         model = Oracle(ar_target, meta["vocab_size"], causal=True)
-        a, t, nfe, _ = ev.answer_records(model, [rec], meta, temperature=0.0)
+        a, t, nfe, _ = ev.answer_records(model, AR, [rec], meta, temperature=0.0)
         assert ev.score(a, t, [rec], meta)["exact"] == float(right), (a, t)
     ca_meta = sudoku.char_meta("\n#.", "automaton")
     enc = lambda s: [ca_meta["stoi"][c] for c in s]  # noqa: E731
     rec = (enc("#.#\n"), enc("###\n#.#\n"), [])
     model = Oracle(rec[0] + rec[1] + [ca_meta["eos_id"]] * 8, ca_meta["vocab_size"])
-    a, t, _, _ = ev.answer_records(model, [rec], ca_meta, steps=16, block_length=16, gen_length=16)
+    a, t, _, _ = ev.answer_records(model, MDLM, [rec], ca_meta, steps=16, block_length=16, gen_length=16)
     assert ev.score(a, t, [rec], ca_meta)["exact"] == 1.0 and a == [rec[1]]
 
 
 def test_ar_answers_prompts_of_mixed_lengths_and_stops_at_eos():
-    # GSM8K's prompts differ in length: AR batches are cut by length (no padding), and decoding stops
+    # GSM8K's prompts differ in length: AR decodes each prompt length apart (no padding), and decoding stops
     # once every row has written EOS (an answer longer than the context is cut, not an error)
     meta, eos = SUDOKU_META, SUDOKU_META["eos_id"]
     records = [([1, 2, 3], [4, 5], []), ([1, 2, 3, 4, 5], [6], []), ([2, 2, 2], [1], [])]
     model = Oracle([eos] * 16, meta["vocab_size"], causal=True)  # writes EOS at once
-    a, t, nfe, _ = ev.answer_records(model, records, meta, temperature=0.0, batch_size=8)
+    a, t, nfe, _ = ev.answer_records(model, AR, records, meta, temperature=0.0, batch_size=8)
     assert a == [[], [], []] and sorted(map(tuple, t)) == [(1,), (4, 5), (6,)] and nfe == 1.0
     model.config.block_size = 4  # room for one token after the 3-token prompts, none needed for EOS
-    a, _, _, _ = ev.answer_records(model, records[::2], meta, temperature=0.0)
+    a, _, _, _ = ev.answer_records(model, AR, records[::2], meta, temperature=0.0)
     assert a == [[], []]
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import ROOT, TINY_TRAIN, WORDS, run
-from configurator import configure, given
+from configurator import command_line_keys, configure
 from tokenizer import sft_rows
 
 
@@ -189,7 +189,7 @@ def test_configurator():
     with pytest.raises(SystemExit, match="flag must be bool"):
         configure(d, ["--flag=1"])
     assert configure(d, ["--flag"])["flag"] is True
-    assert given(["config/shakespeare.py", "--name=a=b", "--flag"]) == {"name", "flag"}  # typed, not from a file
+    assert command_line_keys(["config/shakespeare.py", "--name=a=b", "--flag"]) == {"name", "flag"}  # typed, not from a file
     with pytest.raises(SystemExit, match="expected --key=value"):
         configure(d, ["--batch_size"])
 

@@ -1,7 +1,7 @@
 """
 Your own text corpus with the GPT-2 BPE, for pretraining: nanoGPT's openwebtext recipe on local files.
     python data/corpus/prepare.py PATH [PATH ...] [--out=FOLDER] [--workers=N] [--val_fraction=0.0005] [--seed=1337]
-e.g. python data/corpus/prepare.py ../shared/data/tinyshakespeare/input.txt ../shared/data/gsm8k
+e.g. python data/corpus/prepare.py path/to/input.txt path/to/gsm8k
 PATH is
   - a .txt file: one document;
   - a .jsonl file: one document per line, its "text" field; a line without one (GSM8K's
@@ -175,8 +175,8 @@ def encoder():
 
 def tokenize(job):
     """(documents, their val flags) -> (train ids, val ids): every document's tokens, then one EOT.
-    Runs in a worker; the ids go back as uint16 arrays: a list of ints would pickle to 1.5x the bytes
-    and take the parent ~40x longer to unpickle (~1.5 s for 34M tokens, all of it serial)."""
+    Runs in a worker; the ids go back as uint16 arrays: a list of ints would pickle to more bytes and
+    take the parent far longer to unpickle, all of it serial."""
     docs, is_val = job
     enc = encoder()
     out = ([], [])
