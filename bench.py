@@ -20,7 +20,7 @@ import time
 import torch
 
 from configurator import NON_NEGATIVE, POSITIVE, UNIT, check, check_device, configure, fail, one_of, rule
-from eval import entropy, generated, load_judge, quality, val_prompts
+from eval import generated, load_judge, quality, val_prompts
 from families import load, options_of
 from sample import cut_at_eos
 from tokenizer import dataset_dir, same_tokens

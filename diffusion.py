@@ -25,7 +25,7 @@ from torch.nn import functional as F
 
 import fast_sample
 from tokenizer import sft_rows
-from unmask import REMASKING, add_gumbel_noise, blocks, canvas, check_blocks, commit, num_transfer_tokens, padded_forward
+from unmask import add_gumbel_noise, blocks, canvas, check_blocks, commit, num_transfer_tokens, padded_forward
 
 SCHEDULES = ("linear", "cosine")
 

@@ -257,13 +257,10 @@ def accuracy_main():
         if opts.get("block_length") == 0:  # one block
             opts["block_length"] = answer_len
         fill = FillOrder()
-        try:
-            fam.check_sampling(gen_length=answer_len, **opts)
-            answers, targets, nfe, secs = answer_records(
-                model.eval(), fam, records, meta, batch_size=batch_size, gen_length=L, temperature=task["temperature"],
-                generator=torch.Generator(device=device).manual_seed(seed), on_step=fill if order else None, **opts)
-        except ValueError as e:
-            fail(e)
+        fam.check_sampling(gen_length=answer_len, **opts)
+        answers, targets, nfe, secs = answer_records(
+            model.eval(), fam, records, meta, batch_size=batch_size, gen_length=L, temperature=task["temperature"],
+            generator=torch.Generator(device=device).manual_seed(seed), on_step=fill if order else None, **opts)
         res = score(answers, targets, records, meta)
         # answer tokens: the holes and what follows the prompt (an AR model's copy of the givens not counted)
         n_tok = sum(len(h) + max(0, len(a) - (len(p) if h else 0)) for (p, _, h), a in zip(records, answers))
@@ -281,10 +278,7 @@ def table_main():
     meta = judge_ckpt["meta"]
     data_dir = dataset_dir(judge_ckpt["config"]["dataset"])
     T = prompt_len + gen_length
-    try:
-        prompts, real = val_prompts(data_dir, T, num_samples, prompt_len)
-    except ValueError as e:
-        fail(e)
+    prompts, real = val_prompts(data_dir, T, num_samples, prompt_len)
     prompts, real = prompts.to(device), real.to(device)
     models = []
     for out_dir in ckpts.split(","):
@@ -295,10 +289,7 @@ def table_main():
             fail(f"prompt_len + gen_length = {T} exceeds {out_dir}'s context of {model.config.block_size}")
         opts = options_of(fam.sample_options, dict(globals(), steps=steps or gen_length,
                                                    block_length=block_length or gen_length))
-        try:
-            fam.check_sampling(gen_length=gen_length, **opts)
-        except ValueError as e:
-            fail(e)
+        fam.check_sampling(gen_length=gen_length, **opts)
         models.append((out_dir, model.eval(), ckpt, fam, opts))
     T_nll = min(net.config.block_size for _, net, _, _, _ in models)  # every model scored on the same windows
     windows = val_windows(data_dir, T_nll).to(device)
@@ -341,4 +332,7 @@ if __name__ == "__main__":
     check_device(device)
     if order:
         check_writable(order, "order")
-    accuracy_main() if mode == "accuracy" else table_main()
+    try:
+        accuracy_main() if mode == "accuracy" else table_main()
+    except ValueError as e:  # what the library functions refuse (a missing checkpoint, a bad sampler option)
+        fail(e)

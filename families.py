@@ -27,12 +27,12 @@ FAMILIES = {"mdlm": diffusion.MDLM, "ar": ar.AR, "duo": duo.Duo, "dcd": duo.DCD}
 
 
 def load(path, device="cpu", **kw):
-    """(model, ckpt, family) of a checkpoint written by train.py (model.load_checkpoint's kw); a
-    checkpoint whose objective is not a family here stops the program with one line."""
+    """(model, ckpt, family) of a checkpoint written by train.py (model.load_checkpoint's kw); ValueError
+    for a checkpoint that is missing, unreadable, or of no family here."""
     model, ckpt = load_checkpoint(path, device, **kw)
     name = ckpt["config"].get("objective")
     if name not in FAMILIES:
-        raise SystemExit(f"error: {path} was trained with objective={name!r}, which is none of {', '.join(FAMILIES)}")
+        raise ValueError(f"{path} was trained with objective={name!r}, which is none of {', '.join(FAMILIES)}")
     return model, ckpt, FAMILIES[name]
 
 

@@ -230,11 +230,11 @@ class GPT(nn.Module):
 def load_checkpoint(path, device="cpu", hint="train one first: python train.py config/shakespeare.py", ema=True):
     """(model, ckpt) from a ckpt.pt written by train.py, loaded with weights_only=True (a checkpoint is
     untrusted input), with its EMA weights when it has them (ema=False: the raw weights, to resume).
-    A missing, unreadable or incomplete file stops the program with one line."""
+    A missing, unreadable or incomplete file raises ValueError, saying so in one line."""
     if os.path.isdir(path):
         path = os.path.join(path, "ckpt.pt")
     if not os.path.isfile(path):
-        raise SystemExit(f"error: checkpoint {path} not found ({hint})")
+        raise ValueError(f"checkpoint {path} not found ({hint})")
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
         model = GPT(GPTConfig(**ckpt["model_args"]))
@@ -244,5 +244,5 @@ def load_checkpoint(path, device="cpu", hint="train one first: python train.py c
             meta["vocab_size"] == model.config.vocab_size and meta["tokenizer"], "inconsistent meta"
     except Exception as e:
         msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
-        raise SystemExit(f"error: {path} is not a valid checkpoint ({type(e).__name__}: {msg})")
+        raise ValueError(f"{path} is not a valid checkpoint ({type(e).__name__}: {msg})")
     return model.to(device), ckpt

@@ -138,14 +138,17 @@ if __name__ == "__main__":
                 prompt = f.read()
         except (UnicodeDecodeError, OSError) as e:
             fail(f"prompt file {path} is not readable UTF-8 text ({type(e).__name__})")
-    model, ckpt, fam = load(out_dir, device)  # the family: the one lookup (families.py)
+    try:
+        model, ckpt, fam = load(out_dir, device)  # the family: the one lookup (families.py)
+        encode, decode = get_codec(ckpt["meta"])
+    except ValueError as e:
+        fail(e)
     model.eval()
     for key in sorted({k for f in FAMILIES.values() for k in f.sample_options} - set(fam.sample_options)):
         if globals()[key] != defaults[key]:
             fail(f"--{key} does not apply to {out_dir}, a {ckpt['config']['objective']} checkpoint (its options: "
                  f"{', '.join(fam.sample_options) or 'none'})")
     meta, m = ckpt["meta"], model.config.mask_id
-    encode, decode = get_codec(meta)
     try:
         ids = parse_prompt(prompt, encode, m)
     except ValueError as e:

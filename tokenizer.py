@@ -78,7 +78,7 @@ def get_codec(meta):
         try:
             enc = tiktoken.get_encoding(meta["tokenizer"])
         except Exception as e:  # offline without a cached BPE: one line, not a network traceback
-            raise SystemExit(f"error: tiktoken could not load the {meta['tokenizer']} BPE ({type(e).__name__}); "
+            raise ValueError(f"tiktoken could not load the {meta['tokenizer']} BPE ({type(e).__name__}); "
                              f"offline, set TIKTOKEN_CACHE_DIR to a folder that holds it")
 
         def encode(s):

@@ -260,7 +260,10 @@ def from_checkpoint(path):
     """(model, ckpt) of a checkpoint this run resumes or fine-tunes, refused in one line unless it fits
     the options: the model keeps its objective and shape, so an option that says otherwise is a mistake
     (it would be ignored and then written into the new checkpoint's config)."""
-    model, ck = load_checkpoint(path, device, ema=init_from != "resume")  # resume the raw weights, fine-tune the EMA
+    try:
+        model, ck = load_checkpoint(path, device, ema=init_from != "resume")  # resume the raw weights, fine-tune the EMA
+    except ValueError as e:
+        fail(e)
     was = ck["config"].get("objective")
     if {k: getattr(model.config, k) for k in fam.flags} != fam.flags:  # another kind of model
         fail(f"{path} was trained with objective={was}, not --objective={objective}")
