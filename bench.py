@@ -1,7 +1,7 @@
 """
 Speed and quality of the samplers, side by side in one run on one machine.
 
-    python bench.py --what=samplers                                     # sample.py's samplers
+    python bench.py --what=samplers                                     # masked diffusion's samplers
     python bench.py --what=fast --out_dir=out-shakespeare-long           # Fast-dLLM vs the baseline
     python bench.py --what=fewstep --out_dir=out-shakespeare-char,out-shakespeare-duo --temperature=1
     python bench.py --what=fewstep --out_dir=out-shakespeare-duo --temperature=1 --greedy_tail=False --top_p=0.95
