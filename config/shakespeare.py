@@ -1,4 +1,4 @@
-# The quick start: character-level masked diffusion on Tiny Shakespeare, a few minutes on a 2-core CPU.
+# The quick start: character-level masked diffusion on Tiny Shakespeare, 6-8 minutes on a 2-core CPU.
 #   python train.py config/shakespeare.py                 # MDLM
 #   python train.py config/shakespeare.py --objective=ar --out_dir=out-shakespeare-char-ar   # AR, same recipe
 # config/shakespeare_3k.py is the same recipe evaluated every 1,000 steps: the reference of RESULTS.md.
