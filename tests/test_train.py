@@ -1,7 +1,6 @@
 import os
 import pickle
 import re
-import shutil
 import sys
 
 import numpy as np
