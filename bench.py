@@ -19,7 +19,8 @@ import time
 
 import torch
 
-from configurator import NON_NEGATIVE, POSITIVE, UNIT, check, check_device, configure, fail, one_of, rule
+from configurator import (MAX_STEPS, NON_NEGATIVE, PATH, POSITIVE, SEED, TEMPERATURE, UNIT, check, check_device,
+                          check_memory, configure, fail, one_of, rule)
 from eval import generated, load_judge, quality, val_prompts
 from families import load, options_of
 from sample import cut_at_eos
@@ -271,14 +272,16 @@ if __name__ == "__main__":
     check(globals(), dict(what=one_of("samplers", "fast", "fewstep"), num_samples=POSITIVE, prompt_len=POSITIVE,
                           split=one_of("train", "val", "test"),
                           gen_length=POSITIVE, lengths=rule(parse_lengths, "comma-separated positive integers"),
-                          step_counts=rule(parse_lengths, "comma-separated positive integers"),
-                          temperature=NON_NEGATIVE, block_length=POSITIVE, threshold=UNIT, factor=NON_NEGATIVE,
-                          eta=UNIT, seed=NON_NEGATIVE, top_p=rule(lambda v: 0 < v <= 1, "in (0, 1]")))
+                          step_counts=rule(lambda v: parse_lengths(v) and max(parse_lengths(v)) <= MAX_STEPS,
+                                           f"comma-separated positive integers up to {MAX_STEPS:,}"),
+                          out_dir=PATH, judge=PATH, temperature=TEMPERATURE, block_length=POSITIVE, threshold=UNIT, factor=NON_NEGATIVE,
+                          eta=UNIT, seed=SEED, top_p=rule(lambda v: 0 < v <= 1, "in (0, 1]")))
     if what != "fewstep" and "," in out_dir:
         fail(f"--out_dir={out_dir!r}: one checkpoint for --what={what} (several only for --what=fewstep)")
     if not all(out_dir.split(",")):
         fail(f"--out_dir={out_dir!r} has an empty name")
     check_device(device)
+    check_memory(num_samples * max([gen_length, *parse_lengths(lengths)]) * 8 * 4, f"--num_samples={num_samples}")
     try:
         if what == "fewstep":
             fewstep_main()

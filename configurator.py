@@ -3,7 +3,8 @@ nanoGPT-style configuration: a script keeps its defaults as plain globals, then
     python train.py config/shakespeare.py --batch_size=32 --compile=True
 first runs each config file (plain Python assignments) and then applies each --key=value (a bare
 --flag sets a boolean key to True).
-Unknown keys and values of the wrong type stop the script with one clear line.
+Unknown keys and values of the wrong type stop the script with one clear line, and so do Ctrl-C and
+a failing disk (one_line_errors).
 
     from configurator import configure
     globals().update(configure({k: globals()[k] for k in config_keys}))
@@ -15,7 +16,7 @@ import os
 import sys
 
 
-def _cast(key, val, default, where):
+def cast(key, val, default, where):
     """Check val against the type of the default; an int is accepted where a float is expected."""
     if isinstance(default, bool):
         ok = isinstance(val, bool)
@@ -39,9 +40,13 @@ def _parse(s):
         return s
 
 
-def configure(defaults, argv=None):
-    """Return the config: defaults, then config files, then --key=value overrides, in argv order."""
+def configure(defaults, argv=None, given=None):
+    """Return the config: defaults, then config files, then --key=value overrides, in argv order.
+    given: a set that receives the keys a config file or the command line set (train.py's resume takes
+    every other one from the checkpoint)."""
+    one_line_errors()
     argv = sys.argv[1:] if argv is None else argv
+    given = set() if given is None else given
     cfg = dict(defaults)
     for arg in argv:
         if arg in ("-h", "--help"):
@@ -62,7 +67,8 @@ def configure(defaults, argv=None):
                     continue
                 if k not in defaults:
                     sys.exit(f"error: {arg}: unknown config key {k!r}")
-                cfg[k] = _cast(k, v, defaults[k], arg)
+                cfg[k] = cast(k, v, defaults[k], arg)
+                given.add(k)
             continue
         if "=" not in arg:  # a bare --flag sets a boolean key
             if not isinstance(defaults.get(arg[2:]), bool):
@@ -72,7 +78,8 @@ def configure(defaults, argv=None):
         if k not in defaults:
             sys.exit(f"error: unknown config key {k!r} (see --help)")
         val = v if isinstance(defaults[k], str) else _parse(v)  # a string key takes the text as it is
-        cfg[k] = _cast(k, val, defaults[k], f"--{k}={v}")
+        cfg[k] = cast(k, val, defaults[k], f"--{k}={v}")
+        given.add(k)
     return cfg
 
 
@@ -97,6 +104,15 @@ POSITIVE = rule(lambda v: v > 0, "> 0")
 NON_NEGATIVE = rule(lambda v: v >= 0, ">= 0")
 UNIT = rule(lambda v: 0 <= v <= 1, "in [0, 1]")
 UNIT_OPEN = rule(lambda v: 0 <= v < 1, "in [0, 1)")
+PATH = rule(lambda v: v.strip() != "", "a path, not empty")
+# Every size has an upper bound, so that a typo stops here instead of exhausting memory or overflowing.
+# Counts of rows and tokens are checked against the context and the memory (check_memory) where the
+# script knows what they allocate; these are the bounds of the rest:
+SEED = rule(lambda v: 0 <= v < 2**31, "in [0, 2**31)")  # train.py seeds (seed * 3 + stream) * 10^9 + step < 2^63
+MAX_STEPS = 100_000  # sampling steps (model calls): the finest grids in the papers are 10^4 (MDLM)
+STEPS = rule(lambda v: 0 <= v <= MAX_STEPS, f"in [0, {MAX_STEPS:,}]")
+# a temperature so small that logits / T overflows writes garbage; below 1e-4 sampling is greedy anyway
+TEMPERATURE = rule(lambda v: v == 0 or 1e-4 <= v <= 1e4, "0 (greedy) or in [1e-4, 1e4]")
 
 
 def one_of(*allowed):
@@ -131,6 +147,48 @@ def check_device(device):
         fail(f"--device={device!r}, but MPS is not available here: use --device=cpu")
     if dev.type not in ("cpu", "cuda", "mps"):
         fail(f"--device={device!r} is not supported: use cpu, cuda, cuda:N or mps")
+
+
+def available_memory(device="cpu"):
+    """Bytes free for new tensors on a device: a CUDA GPU's free memory, else the host's available memory
+    (Linux /proc/meminfo; elsewhere all of it; None when unknown)."""
+    import torch
+    if str(device).startswith("cuda"):
+        return torch.cuda.mem_get_info(torch.device(device))[0]
+    try:
+        with open("/proc/meminfo") as f:
+            return int(next(line for line in f if line.startswith("MemAvailable:")).split()[1]) * 1024
+    except (OSError, StopIteration, ValueError):
+        try:
+            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):
+            return None
+
+
+def check_memory(nbytes, what, device="cpu"):
+    """Fail now, before allocating, if what a run will hold (nbytes, a lower estimate) exceeds the memory
+    the device has free. `what` names the options that set it."""
+    free = available_memory(device)
+    if free is not None and nbytes > free:
+        fail(f"{what} needs at least {nbytes / 2**30:,.1f} GiB on {device}, which has {free / 2**30:,.1f} GiB "
+             f"free: make it smaller")
+
+
+def one_line_errors():
+    """Ctrl-C and a failing file system (disk full, no permission, a read-only disk) end a script with
+    one line and exit code 1, not a traceback. Every write of the project is all or nothing
+    (tokenizer.write_files), so what was on disk before is still whole."""
+    def hook(kind, e, tb):
+        if "tqdm" in sys.modules and issubclass(kind, (KeyboardInterrupt, OSError)):  # the line after its bar
+            for bar in list(sys.modules["tqdm"].tqdm._instances):
+                bar.close()
+        if issubclass(kind, KeyboardInterrupt):
+            print("error: interrupted (Ctrl-C); files written so far are complete", file=sys.stderr)
+        elif issubclass(kind, OSError) and e.strerror:
+            print(f"error: {e.strerror}" + (f": {e.filename}" if e.filename else ""), file=sys.stderr)
+        else:
+            sys.__excepthook__(kind, e, tb)
+    sys.excepthook = hook
 
 
 def check_writable(path, key, folder=False):

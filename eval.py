@@ -37,13 +37,13 @@ import torch
 from tqdm import tqdm
 
 from ar import token_nll
-from configurator import (NON_NEGATIVE, POSITIVE, UNIT, check, check_device, check_writable, command_line_keys,
-                          configure, fail, one_of)
+from configurator import (NON_NEGATIVE, PATH, POSITIVE, SEED, STEPS, TEMPERATURE, UNIT, check, check_device,
+                          check_memory, check_writable, command_line_keys, configure, fail, one_of)
 from diffusion import SAMPLERS
 from families import load, options_of
 from fast_sample import CACHES
 from sample import cut_at_eos
-from tokenizer import as_pair, dataset_dir, get_codec, load_sft, same_tokens
+from tokenizer import as_pair, dataset_dir, get_codec, load_sft, same_tokens, write_files
 from unmask import REMASKING, left_pad
 
 
@@ -250,8 +250,13 @@ def accuracy_main():
         except ValueError as e:
             fail(f"{out_dir}'s dataset has no {split} split of SFT records ({e})")
         records = records[:max_records or len(records)]
+        if not records:
+            fail(f"{out_dir}'s dataset has no {split} record that fits its context")
         opts = options_of(fam.sample_options, task)
         answer_len = L or max(len(r) for _, r, _ in records) + 1
+        if max(len(p) for p, _, _ in records) + answer_len > model.config.block_size:
+            fail(f"the longest {split} prompt ({max(len(p) for p, _, _ in records)} tokens) + answers of {answer_len} "
+                 f"exceed {out_dir}'s context of {model.config.block_size} tokens (--gen_length)")
         if opts.get("steps") == 0:  # one token per step: every hole and generated token
             opts["steps"] = answer_len + max(len(h) for _, _, h in records)
         if opts.get("block_length") == 0:  # one block
@@ -268,8 +273,8 @@ def accuracy_main():
         print(f"| {out_dir} | {fam.describe(**opts)} | {len(records)} | " + " | ".join(cells) + f" | {nfe:.1f} | "
               f"{n_tok / secs:.1f} |", flush=True)
         if order and records and records[0][2]:
-            with open(order, "w") as f:
-                f.write(order_grid(fill.at, set(records[0][2])) + "\n")
+            write_files(os.path.dirname(order) or ".",
+                        {os.path.basename(order): (order_grid(fill.at, set(records[0][2])) + "\n").encode()})
 
 
 def table_main():
@@ -278,6 +283,7 @@ def table_main():
     meta = judge_ckpt["meta"]
     data_dir = dataset_dir(judge_ckpt["config"]["dataset"])
     T = prompt_len + gen_length
+    check_memory(num_samples * T * meta["vocab_size"] * 12, f"--num_samples={num_samples} samples of {T} tokens", device)
     prompts, real = val_prompts(data_dir, T, num_samples, prompt_len)
     prompts, real = prompts.to(device), real.to(device)
     models = []
@@ -323,12 +329,15 @@ if __name__ == "__main__":
     globals().update(configure({k: globals()[k] for k in config_keys}))
     check(globals(), dict(mode=one_of("table", "accuracy"), n_draws=POSITIVE, num_samples=POSITIVE,
                           prompt_len=POSITIVE, gen_length=NON_NEGATIVE if mode == "accuracy" else POSITIVE,
-                          steps=NON_NEGATIVE, block_length=NON_NEGATIVE, temperature=NON_NEGATIVE,
-                          remasking=one_of(*REMASKING), seed=NON_NEGATIVE, max_records=NON_NEGATIVE,
+                          steps=STEPS, block_length=NON_NEGATIVE, temperature=TEMPERATURE, judge=PATH,
+                          remasking=one_of(*REMASKING), seed=SEED, max_records=NON_NEGATIVE,
                           batch_size=POSITIVE, sampler=one_of(*SAMPLERS), cache=one_of(*CACHES),
                           threshold=UNIT, factor=NON_NEGATIVE))
-    if not all(ckpts.split(",")):
+    if not all(c.strip() for c in ckpts.split(",")):
         fail(f"--ckpts={ckpts!r} has an empty name: give comma-separated out_dirs")
+    for c in ckpts.split(","):  # every name before any work: a typo in the last one must not wait for the first
+        if not os.path.isfile(os.path.join(c, "ckpt.pt") if os.path.isdir(c) else c):
+            fail(f"--ckpts: checkpoint {c} not found (train one first: python train.py config/shakespeare.py)")
     check_device(device)
     if order:
         check_writable(order, "order")

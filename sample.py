@@ -37,24 +37,37 @@ import sys
 
 import torch
 
-from configurator import (NON_NEGATIVE, POSITIVE, UNIT, check, check_device, check_writable, configure, fail, one_of,
-                          rule)
+from configurator import (NON_NEGATIVE, PATH, POSITIVE, SEED, STEPS, TEMPERATURE, UNIT, check, check_device,
+                          check_memory, check_writable, configure, fail, one_of, rule)
 from diffusion import SAMPLERS, generate, generate_ancestral  # noqa: F401  (sample.generate: LLaDA's sampler)
 from families import FAMILIES, load, options_of
 from fast_sample import CACHES
-from tokenizer import MASK_GLYPH, get_codec
+from tokenizer import MASK_GLYPH, get_codec, write_files
 from unmask import REMASKING
 
 
-def parse_prompt(text, encode, mask_id):
-    """Prompt text -> ids; '[MASK]' is one masked token, '[MASK*n]' n of them (infilling)."""
-    ids = []
-    for piece in re.split(r"(\[MASK(?:\*\d+)?\])", text):
+def parse_prompt(text, encode, mask_id, limit=None):
+    """Prompt text -> ids; '[MASK]' is one masked token, '[MASK*n]' n of them (infilling). ValueError for
+    a '[MASK...]' of another form, or (before anything is expanded) more than `limit` tokens in all."""
+    ids, n = [], 0
+    pieces = re.split(r"(\[MASK[^\]]*\])", text)
+    for piece in pieces:
         if piece.startswith("[MASK"):
-            ids += [mask_id] * (int(piece[6:-1]) if "*" in piece else 1)
+            if not re.fullmatch(r"\[MASK(\*[1-9]\d*)?\]", piece):
+                raise ValueError(f"{piece!r} is neither [MASK] nor [MASK*n] with n >= 1")
+            n += int(piece[6:-1]) if "*" in piece else 1
         elif piece:
-            ids += encode(piece)
-    return ids
+            ids.append(encode(piece))
+            n += len(ids[-1])
+    if limit is not None and n > limit:
+        raise ValueError(f"{n} tokens, more than the model's context of {limit}")
+    out = []
+    for piece in pieces:
+        if piece.startswith("[MASK"):
+            out += [mask_id] * (int(piece[6:-1]) if "*" in piece else 1)
+        elif piece:
+            out += ids.pop(0)
+    return out
 
 
 def cut_at_eos(ids, eos_id, start):
@@ -86,9 +99,9 @@ class LiveView:
         self.lines = sum(1 + max(0, len(line) - 1) // width for line in plain.split("\n"))
 
     def save(self):
-        if self.trace:
-            with open(self.trace, "w") as f:
-                json.dump({"steps": self.steps}, f)
+        if self.trace:  # all or nothing: a failed write leaves an earlier trace as it was
+            write_files(os.path.dirname(self.trace) or ".",
+                        {os.path.basename(self.trace): json.dumps({"steps": self.steps}).encode()})
 
 
 # -----------------------------------------------------------------------------
@@ -121,11 +134,11 @@ if __name__ == "__main__":
     config_keys = [k for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str))]
     defaults = {k: globals()[k] for k in config_keys}
     globals().update(configure(defaults))
-    check(globals(), dict(num_samples=POSITIVE, gen_length=NON_NEGATIVE, steps=NON_NEGATIVE, block_length=POSITIVE,
-                          temperature=NON_NEGATIVE, sampler=one_of(*SAMPLERS), remasking=one_of(*REMASKING),
+    check(globals(), dict(out_dir=PATH, num_samples=POSITIVE, gen_length=NON_NEGATIVE, steps=STEPS,
+                          block_length=POSITIVE, temperature=TEMPERATURE, sampler=one_of(*SAMPLERS), remasking=one_of(*REMASKING),
                           cfg_scale=NON_NEGATIVE, eta=UNIT, cache=one_of(*CACHES), threshold=UNIT,
                           factor=NON_NEGATIVE, top_k=NON_NEGATIVE, top_p=rule(lambda v: 0 < v <= 1, "in (0, 1]"),
-                          seed=NON_NEGATIVE))
+                          seed=SEED))
     check_device(device)
     if trace:
         check_writable(trace, "trace")
@@ -150,7 +163,7 @@ if __name__ == "__main__":
                  f"{', '.join(fam.sample_options) or 'none'})")
     meta, m = ckpt["meta"], model.config.mask_id
     try:
-        ids = parse_prompt(prompt, encode, m)
+        ids = parse_prompt(prompt, encode, m, limit=model.config.block_size)
     except ValueError as e:
         fail(f"prompt: {e}")
     if gen_length == 0 and not (fam.infills and m in ids):
@@ -163,6 +176,8 @@ if __name__ == "__main__":
     if len(ids) + gen_length > model.config.block_size:
         fail(f"prompt ({len(ids)} tokens) + gen_length ({gen_length}) exceeds the model's context "
              f"of {model.config.block_size} tokens")
+    T, V = len(ids) + gen_length, model.config.vocab_size  # the logits of a step, and a float64 copy for the draw
+    check_memory(num_samples * T * V * 12, f"--num_samples={num_samples} canvases of {T} tokens", device)
     gen = torch.Generator(device=device).manual_seed(seed)
     x = torch.tensor([ids] * num_samples, dtype=torch.long, device=device)
     view = LiveView(decode, m, show, trace) if show or trace else None

@@ -11,23 +11,45 @@ MASK_GLYPH = "_"  # how a [MASK] is drawn when a canvas is decoded
 
 
 def write_files(folder, files):
-    """Write a prepared dataset, {file name: bytes}, into folder all or nothing: every file goes to a
-    temporary name first and is renamed into place only when all are written, so a failure leaves the
-    folder as it was (a half-written dataset would be taken as prepared)."""
-    done = []
+    """Write {file name: bytes, or a function that writes the file at the path it is given (torch.save)}
+    into folder, all or nothing: the project's one writer (datasets, checkpoints, traces). Every file is
+    written under a temporary name first; then the old files step aside (name.old) and the new ones take
+    their names. If anything fails (a full disk, Ctrl-C, a rename) the temporary files are removed and
+    the old files come back, so the folder is as it was: a half-written dataset would be taken as
+    prepared, a half-written checkpoint would replace a good one. A name that is not a regular file (a
+    device such as /dev/stdout) is written in place. The error is raised again for the caller to report."""
+    undo, written = [], []
     try:
         for name, data in files.items():
-            tmp = os.path.join(folder, name + ".tmp")
-            done.append((tmp, os.path.join(folder, name)))
-            with open(tmp, "wb") as f:
-                f.write(data)
+            path = os.path.join(folder, name)
+            if os.path.exists(path) and not os.path.isfile(path):  # a device or a pipe: nothing to swap
+                with open(path, "wb") as f:
+                    f.write(data)
+                continue
+            tmp = path + ".tmp"
+            undo.append(lambda t=tmp: os.path.exists(t) and os.remove(t))
+            written.append((tmp, path))
+            if callable(data):
+                data(tmp)
+            else:
+                with open(tmp, "wb") as f:
+                    f.write(data)
+        for tmp, path in written:
+            if os.path.exists(path):
+                os.replace(path, path + ".old")
+                undo.append(lambda p=path: os.replace(p + ".old", p))
+            os.replace(tmp, path)
+            undo.append(lambda p=path, t=tmp: os.replace(p, t))
     except BaseException:
-        for tmp, _ in done:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        for step in reversed(undo):
+            try:
+                step()
+            except OSError:
+                pass
         raise
-    for tmp, path in done:
-        os.replace(tmp, path)
+    for _, path in written:
+        if os.path.exists(path + ".old"):
+            os.remove(path + ".old")
 
 
 def dataset_dir(dataset):

@@ -18,6 +18,7 @@ This script looks it up once ("the family" below) and never looks inside a batch
     python train.py config/shakespeare_dcd.py                   # its consistency distillation
 """
 
+import atexit
 import copy
 import math
 import os
@@ -34,11 +35,16 @@ from torch.distributed import barrier, init_process_group, destroy_process_group
 from tqdm import tqdm
 
 import diffusion
-from configurator import (NON_NEGATIVE, POSITIVE, UNIT_OPEN, check, check_device, check_writable, command_line_keys,
-                          configure, fail, one_of, rule)
+from configurator import (NON_NEGATIVE, PATH, POSITIVE, SEED, UNIT_OPEN, cast, check, check_device, check_memory,
+                          check_writable, command_line_keys, configure, fail, one_of, rule)
 from families import FAMILIES
 from model import GPT, GPTConfig, load_checkpoint
-from tokenizer import dataset_dir, load_meta, load_sft, same_tokens
+from tokenizer import dataset_dir, load_meta, load_sft, same_tokens, write_files
+
+try:
+    import fcntl  # out_dir's lock (POSIX); on Windows a run does not lock its out_dir
+except ImportError:
+    fcntl = None
 
 # -----------------------------------------------------------------------------
 # defaults: a small character-level masked diffusion model on Tiny Shakespeare
@@ -50,7 +56,7 @@ eval_iters = 20         # val batches per evaluation: the same windows and masks
 log_interval = 0        # >0: also print the training loss every this many steps
 always_save_checkpoint = True  # False: save only when val improves
 ema_decay = 0.0         # >0: keep an exponential moving average of the weights (0.9999 in MDLM/Duo), evaluated and saved
-eval_only = False
+eval_only = False       # evaluate the checkpoint in out_dir (or --init_from's) and stop
 overwrite = False       # a run from scratch (or a fine-tune) may replace a checkpoint already in out_dir
 # data
 dataset = "shakespeare_char"  # a folder of data/, or a path to a prepared folder (a token stream, or SFT pairs)
@@ -97,19 +103,39 @@ defaults = {k: globals()[k] for k in config_keys}
 # sys.exit(msg) writes msg and its newline in two calls and two ranks' lines can run into one;
 # line-buffered, each line leaves in one write (tqdm's '\r' flushes too).
 sys.stderr.reconfigure(line_buffering=True, write_through=False)
-globals().update(configure(defaults))
+given = set()  # the options a config file or the command line set
+globals().update(configure(defaults, given=given))
+check(globals(), dict(out_dir=PATH, dataset=PATH, init_from=PATH))
+ckpt_path = os.path.join(out_dir, "ckpt.pt")
+if eval_only and init_from == "scratch":  # evaluate the model out_dir holds, never fresh random weights
+    if not os.path.exists(ckpt_path):
+        fail(f"--eval_only evaluates a trained model, and {ckpt_path} does not exist (or give --init_from=<ckpt>)")
+    init_from = "resume"
+if init_from == "resume":
+    # a resumed run goes on as it was configured: every option that no config file or --key sets is the
+    # checkpoint's (its EMA, its recipe), except those of this machine and this command
+    if not os.path.isfile(ckpt_path):
+        fail(f"--init_from=resume: checkpoint {ckpt_path} not found")
+    try:
+        was = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)["config"]
+        assert isinstance(was, dict), "no config"
+    except Exception as e:
+        fail(f"{ckpt_path} is not a checkpoint train.py can resume ({type(e).__name__}: {str(e)[:200]})")
+    this_run = {"out_dir", "init_from", "eval_only", "overwrite", "device", "dtype", "compile", "log_interval"}
+    globals().update({k: cast(k, v, defaults[k], ckpt_path) for k, v in was.items()
+                      if k in defaults and k not in given | this_run})
 config = {k: globals()[k] for k in config_keys}
 # every option against its range and the others, before any work (under torchrun every process
 # stops here with the same line)
 check(config, dict(
-    eval_interval=POSITIVE, eval_iters=POSITIVE, log_interval=NON_NEGATIVE, batch_size=POSITIVE,
+    eval_interval=POSITIVE, eval_iters=rule(lambda v: 0 < v < 10**9, "in [1, 10^9)"), log_interval=NON_NEGATIVE, batch_size=POSITIVE,
     block_size=POSITIVE, gradient_accumulation_steps=POSITIVE, n_layer=POSITIVE, n_head=POSITIVE, n_embd=POSITIVE,
     dropout=UNIT_OPEN, objective=one_of(*FAMILIES), schedule=one_of(*diffusion.SCHEDULES),
     masking=one_of("rate", "count"), train_loss=one_of("elbo", "flat"), t_eps=rule(lambda v: 0 < v < 1, "in (0, 1)"),
-    learning_rate=POSITIVE, max_iters=NON_NEGATIVE, weight_decay=NON_NEGATIVE, beta1=UNIT_OPEN, beta2=UNIT_OPEN,
+    learning_rate=POSITIVE, max_iters=rule(lambda v: 0 <= v < 10**9, "in [0, 10^9)"), weight_decay=NON_NEGATIVE, beta1=UNIT_OPEN, beta2=UNIT_OPEN,
     grad_clip=NON_NEGATIVE, warmup_iters=NON_NEGATIVE, lr_decay_iters=NON_NEGATIVE,
     min_lr=rule(lambda v: 0 <= v <= learning_rate, f"in [0, learning_rate={learning_rate}]"),
-    dtype=one_of("float32", "bfloat16"), seed=NON_NEGATIVE, curriculum_iters=NON_NEGATIVE,
+    dtype=one_of("float32", "bfloat16"), seed=SEED, curriculum_iters=NON_NEGATIVE,
     tau=POSITIVE, ema_decay=UNIT_OPEN, dcd_delta=rule(lambda v: 0 < v < 1, "in (0, 1)"), dcd_round_iters=POSITIVE))
 fam = FAMILIES[objective]  # the family: the one lookup; from here on only its names (families.py)
 # an option of another family is a mistake on the command line; in a config file it is the task's recipe
@@ -127,7 +153,28 @@ if gradient_accumulation_steps > world and gradient_accumulation_steps % world:
     fail(f"--gradient_accumulation_steps={gradient_accumulation_steps} must be a multiple of the {world} processes "
          f"(or at most {world}: one micro-step each)")
 check_writable(out_dir, "out_dir", folder=True)
-ckpt_path = os.path.join(out_dir, "ckpt.pt")
+
+
+def own(folder):
+    """Make folder this run's own before anything is written: create it (and remove it again at exit if
+    the run leaves it empty: a failed run leaves nothing behind) and lock it, so that a second run into
+    the same out_dir stops with one line instead of replacing this run's checkpoint. The lock (flock on
+    the folder itself, no lock file) is released by the OS however the process ends, even by kill -9."""
+    if not os.path.isdir(folder):
+        os.makedirs(folder)
+        atexit.register(lambda: os.path.isdir(folder) and not os.listdir(folder) and os.rmdir(folder))
+    if fcntl is None:
+        return None
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fail(f"--out_dir={folder} is in use by another train.py run: wait for it to end or choose another --out_dir")
+    return fd
+
+
+if not eval_only and int(os.environ.get("RANK", 0)) == 0:  # the master writes out_dir; --eval_only only reads
+    out_dir_lock = own(out_dir)
 if init_from != "resume" and not eval_only and not overwrite and os.path.exists(ckpt_path):
     fail(f"{ckpt_path} holds a trained model: continue it with --init_from=resume, choose another --out_dir, "
          f"or replace it with --overwrite=True")
@@ -152,9 +199,6 @@ device_type = "cuda" if device.startswith("cuda") else "cpu"
 torch.backends.cuda.matmul.allow_tf32 = True
 torch.backends.cudnn.allow_tf32 = True
 ctx = nullcontext() if dtype == "float32" else torch.autocast(device_type, dtype=torch.bfloat16)
-if master:
-    os.makedirs(out_dir, exist_ok=True)
-
 # data: data/<dataset>/ (or any folder given by path) with meta.pkl and either train.bin / val.bin (a token
 # stream: pretraining) or train_sft.pkl / val_sft.pkl (prompt/response pairs: SFT); prepared on first use
 data_dir = dataset_dir(dataset)
@@ -278,6 +322,12 @@ def from_checkpoint(path):
     return model, ck
 
 
+# what a step will hold, a lower estimate, against the memory there is: a typo in a size stops here
+V = meta["vocab_size"]
+check_memory(G * (block_size + 1) * 8 * 3, f"a step's batch ({G} rows of --block_size={block_size})")
+check_memory((12 * n_layer * n_embd**2 + V * n_embd) * (16 + 4 * (ema_decay > 0)) + batch_size * block_size * V * 8,
+             f"the model and its logits (--n_layer={n_layer}, --n_embd={n_embd}, --batch_size={batch_size}, "
+             f"--block_size={block_size})", device)
 iter_num, best_val, prev_time, tokens = 0, float("inf"), 0.0, 0
 if init_from == "resume":
     model, ckpt = from_checkpoint(ckpt_path)
@@ -304,8 +354,13 @@ if ema_decay:  # a float32 copy of the weights, averaged over the steps (MDLM an
 if init_from == "resume":
     try:
         optimizer.load_state_dict(ckpt["optimizer"])
-        if ema_decay:
+        if "ema" in ckpt and not ema_decay:
+            fail(f"--ema_decay=0, but {ckpt_path} keeps EMA weights (the ones sample.py and eval.py use): leave "
+                 f"--ema_decay out to keep averaging them with the run's {was.get('ema_decay')}")
+        if ema_decay and "ema" in ckpt:
             ema_model.load_state_dict(ckpt["ema"])
+        elif ema_decay and master:  # a run that starts averaging now: from the weights it resumes
+            print(f"--ema_decay={ema_decay}: {ckpt_path} has no EMA weights; the average starts from its weights")
         for key, module in obj.extra.items():  # e.g. DCD's teacher, as it was in the round being resumed
             module.load_state_dict(ckpt[key])
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
@@ -328,7 +383,19 @@ def fmt_val(v):
     return f"val {val_name} {v:.4f} nats/token{bits}"
 
 
+def saved_note():
+    return (f"{ckpt_path} keeps step {saved_iter}'s weights" if saved_iter is not None else
+            f"no checkpoint was written")
+
+
+def diverged(what):
+    """A NaN or inf stops the run, on every process, before it reaches the weights or a checkpoint."""
+    pbar.close()
+    fail(f"step {iter_num}: {what}: the run diverged; {saved_note()} (lower --learning_rate, or raise --warmup_iters)")
+
+
 # the loop
+saved_iter = iter_num if init_from == "resume" else None  # the step that ckpt_path holds
 t0 = time.time()
 start_iter, start_tokens, final_val, loss_ema = iter_num, tokens, float("nan"), None
 pbar = tqdm(total=max_iters, initial=iter_num, disable=not master, unit="it", dynamic_ncols=True)
@@ -342,6 +409,8 @@ while True:
         tqdm.write(f"step {iter_num}: {fmt_val(final_val)}{raw_note}")
         if eval_only:
             break
+        if not math.isfinite(final_val):  # never checkpoint a broken model
+            diverged(f"the val loss is {final_val}")
         if final_val < best_val or always_save_checkpoint:
             best_val = min(best_val, final_val)
             if iter_num > start_iter or iter_num >= max_iters:
@@ -351,8 +420,13 @@ while True:
                 ckpt.update({key: module.state_dict() for key, module in obj.extra.items()})
                 if ema_decay:  # sample.py and eval.py use these weights (model.load_checkpoint)
                     ckpt["ema"] = ema_model.state_dict()
-                torch.save(ckpt, ckpt_path + ".tmp")
-                os.replace(ckpt_path + ".tmp", ckpt_path)  # never leave a half-written checkpoint
+                try:  # all or nothing: a full disk or Ctrl-C leaves the last checkpoint whole
+                    write_files(out_dir, {"ckpt.pt": lambda path: torch.save(ckpt, path)})
+                except Exception as e:
+                    pbar.close()
+                    fail(f"could not write {ckpt_path} (is the disk full? {type(e).__name__}: "
+                         f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}); {saved_note()}")
+                saved_iter = iter_num
     if iter_num >= max_iters or eval_only:
         break
 
@@ -365,8 +439,11 @@ while True:
         with ctx:
             loss = obj.loss(model, [b[rows].to(device, non_blocking=True) for b in batch]) / accum
         loss.backward()
-    if grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    # the gradient norm (clipped when grad_clip > 0) is the same on every process after the all-reduce:
+    # a diverged step stops them all before it can reach the weights
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip or math.inf)
+    if not torch.isfinite(norm):
+        diverged(f"the gradient norm is {norm.item()}")
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     if ema_decay:  # ema <- decay * ema + (1 - decay) * weights, in float32

@@ -45,9 +45,10 @@ TINY_TRAIN = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32", "--
 
 
 def digest(folder):
-    """{path: sha256} of every file below folder: what a failing command must leave as it was."""
+    """{path: sha256} of every file below folder, and every folder: what a failing command must leave as it was."""
     out = {}
     for root, _, files in os.walk(folder):
+        out[root] = "folder"
         for f in files:
             with open(os.path.join(root, f), "rb") as fh:
                 out[os.path.join(root, f)] = hashlib.sha256(fh.read()).hexdigest()
