@@ -38,7 +38,7 @@ from configurator import (NON_NEGATIVE, POSITIVE, UNIT_OPEN, check, check_device
                           configure, fail, one_of, rule)
 from families import FAMILIES
 from model import GPT, GPTConfig, load_checkpoint
-from tokenizer import dataset_dir, load_meta, load_sft, same_tokens
+from tokenizer import check_stream, dataset_dir, load_meta, load_sft, same_tokens
 
 # -----------------------------------------------------------------------------
 # defaults: a small character-level masked diffusion model on Tiny Shakespeare
@@ -179,15 +179,17 @@ except ValueError as e:
     fail(e)
 if sft:  # (prompt, response[, holes]) records: tokenizer.py's SFT contract
     try:
-        pairs = {split: load_sft(data_dir, split, block_size) for split in ("train", "val")}
+        pairs = {split: load_sft(data_dir, split, block_size, meta["vocab_size"]) for split in ("train", "val")}
     except ValueError as e:
         fail(e)
     if not pairs["train"] or not pairs["val"]:
         fail(f"no SFT record of {dataset} leaves room for a response in --block_size={block_size}")
 else:
     for split in ("train", "val"):
-        path = os.path.join(data_dir, f"{split}.bin")
-        n = os.path.getsize(path) // 2 if os.path.isfile(path) else 0
+        try:
+            n = check_stream(data_dir, split, meta["vocab_size"])
+        except ValueError as e:
+            fail(e)
         if n < block_size + 2:
             fail(f"the {split} split of {dataset} has {n} tokens, too few for --block_size={block_size}")
 
