@@ -6,6 +6,7 @@ checks a split passes when it is opened (check_stream, load_sft), and the SFT da
 
 import os
 import pickle
+import sys
 
 import numpy as np
 
@@ -141,6 +142,23 @@ def load_sft(data_dir, split, block_size, vocab_size):
             if bad:
                 raise ValueError(f"{path}: record {k} holds {what} {bad[0]!r}, not {where}")
     return [(p, r, h) for p, r, h in records if len(p) < block_size]
+
+
+def check_input(path):
+    """For the prepare scripts, before a local input file is read whole: stop with one line when it is
+    not a regular file (a device such as /dev/zero never ends, a FIFO may never open) or is larger than
+    the memory available (Linux: /proc/meminfo), which would swap the machine to a halt or get the
+    script killed without a word."""
+    if not os.path.isfile(path):  # symlinks followed: false for devices, FIFOs, sockets
+        sys.exit(f"error: {path} is not a regular file")
+    try:
+        with open("/proc/meminfo") as f:
+            free = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return  # not Linux: nothing to compare with
+    if os.path.getsize(path) > free:
+        sys.exit(f"error: {path} ({os.path.getsize(path) / 2**30:.1f} GiB) is larger than the "
+                 f"{free / 2**30:.1f} GiB of memory available to read it")
 
 
 def as_pair(record, mask_id):

@@ -25,7 +25,10 @@ pytestmark = pytest.mark.slow
 # iter_num was edited by hand. The last block: {odd} a dataset whose val.bin has an odd size, {big_id} one
 # whose val.bin holds an id past its vocabulary, {wide} one whose meta's vocabulary overflows uint16,
 # {sft_str} / {sft_id} / {sft_hole} SFT datasets with a record of characters, of an id past the vocabulary,
-# of a hole past its prompt, {judge_big_id} a judge whose dataset is {big_id}.
+# of a hole past its prompt, {judge_big_id} a judge whose dataset is {big_id}, {gsm} a GSM8K folder with a
+# numeric answer, {many} a text of 128,992 distinct characters; {dev} (outside the digested folder, which
+# could not read them) holds zero.txt -> /dev/zero, gsm8k/ whose train.jsonl is a FIFO, and a 1 TiB sparse
+# huge.txt.
 T = ["--dataset={data}", *TINY_TRAIN]
 TABLE = [
     ("train.py", [*T, "--out_dir={tmp}/a", "--batch_size=0"], "--batch_size=0"),
@@ -114,7 +117,7 @@ TABLE = [
     ("{prep}/shakespeare_char/prepare.py", ["{file}", "{file}"], "at most one input file"),
     ("{prep}/shakespeare_speech/prepare.py", ["{file}"], "speeches"),
     ("{prep}/shakespeare_speech/prepare.py", ["{empty}"], "empty"),
-    # datasets that got past the checks
+    # datasets and prepare inputs that got past the checks
     ("train.py", [*TINY_TRAIN, "--dataset={odd}", "--out_dir={tmp}/a"], "odd number of bytes"),
     ("train.py", [*TINY_TRAIN, "--dataset={big_id}", "--out_dir={tmp}/a"], "outside the vocabulary"),
     ("train.py", [*TINY_TRAIN, "--dataset={wide}", "--out_dir={tmp}/a"], "vocab_size=70000"),
@@ -123,6 +126,12 @@ TABLE = [
     ("train.py", [*TINY_TRAIN, "--dataset={sft_hole}", "--out_dir={tmp}/a"], "holds hole 9, not a position"),
     ("eval.py", ["--ckpts={ckpt}", "--judge={judge_big_id}"], "outside the vocabulary"),
     ("bench.py", ["--out_dir={ckpt}", "--judge={judge}", "--what=fast", "--split=test"], "has no test split"),
+    ("{prep}/gsm8k/prepare.py", ["{gsm}"], "train.jsonl:2"),
+    ("{prep}/shakespeare_char/prepare.py", ["{many}"], "128,992 distinct characters"),
+    ("{prep}/shakespeare_char/prepare.py", ["/dev/zero"], "/dev/zero is not a regular file"),
+    ("{prep}/corpus/prepare.py", ["{dev}/zero.txt", "--out={tmp}/corpus"], "zero.txt is not a regular file"),
+    ("{prep}/gsm8k/prepare.py", ["{dev}/gsm8k"], "train.jsonl is not a regular file"),
+    ("{prep}/shakespeare_char/prepare.py", ["{dev}/huge.txt"], "memory available"),
 ]
 
 
@@ -167,18 +176,28 @@ def world(tiny_data, tiny_judge, tmp_path_factory):
     (tmp / "judge_big_id").mkdir()
     jk = torch.load(os.path.join(tiny_judge[0], "ckpt.pt"), weights_only=True)
     torch.save({**jk, "config": {**jk["config"], "dataset": str(tmp / "big_id")}}, tmp / "judge_big_id" / "ckpt.pt")
+    (tmp / "gsm").mkdir()
+    (tmp / "gsm" / "train.jsonl").write_text('{"question": "1 + 1?", "answer": "#### 2"}\n{"question": "2 + 2?", "answer": 4}\n')
+    (tmp / "gsm" / "test.jsonl").write_text('{"question": "1 + 1?", "answer": "#### 2"}\n')
+    (tmp / "many.txt").write_text("".join(chr(i) for i in range(32, 0x20000) if not 0xD800 <= i < 0xE000), encoding="utf-8")
+    dev = tmp_path_factory.mktemp("dev")
+    (dev / "zero.txt").symlink_to("/dev/zero")
+    (dev / "gsm8k").mkdir()
+    os.mkfifo(dev / "gsm8k" / "train.jsonl")
+    with open(dev / "huge.txt", "wb") as f:
+        f.truncate(2**40)  # sparse: 1 TiB that takes no disk
     (tmp / "file.txt").write_text("First Citizen:\nBefore we proceed any further, hear me speak.\n" * 3)
     (tmp / "empty.txt").write_text("  \n")
     (tmp / "binary.bin").write_bytes(bytes(range(256)) * 4)
     shutil.copytree(os.path.join(ROOT, "data"), tmp / "prep", ignore=shutil.ignore_patterns("*.bin", "*.pkl", "*.txt"))
     shutil.copy(os.path.join(ROOT, "tokenizer.py"), tmp)  # the prepare scripts' writer, at their ../..
-    for name in ("shakespeare_char", "shakespeare_speech"):  # a prepared dataset that a failure must not touch
+    for name in ("shakespeare_char", "shakespeare_speech", "gsm8k"):  # a prepared dataset that a failure must not touch
         (tmp / "prep" / name / "meta.pkl").write_bytes(b"prepared before")
     names = dict(ckpt=ckpt, judge=tiny_judge[0], data=tiny_data, tmp=tmp, file=tmp / "file.txt", bin=tmp / "binary.bin",
                  empty=tmp / "empty.txt", sft=tmp / "sft", other=tmp / "other", bad_meta=tmp / "bad_meta",
                  short=tmp / "short", edited=tmp / "edited", edited_meta=tmp / "edited_meta", prep=tmp / "prep",
                  odd=tmp / "odd", big_id=tmp / "big_id", wide=tmp / "wide", sft_str=tmp / "sft_str", sft_id=tmp / "sft_id",
-                 sft_hole=tmp / "sft_hole", judge_big_id=tmp / "judge_big_id")
+                 sft_hole=tmp / "sft_hole", judge_big_id=tmp / "judge_big_id", gsm=tmp / "gsm", many=tmp / "many.txt", dev=dev)
     return names, digest(tmp)
 
 
