@@ -152,8 +152,8 @@ def check_device(device):
 def available_memory(device="cpu"):
     """Bytes free for new tensors on a device: a CUDA GPU's free memory, else the host's available memory
     (Linux /proc/meminfo; elsewhere all of it; None when unknown)."""
-    import torch
     if str(device).startswith("cuda"):
+        import torch  # here: the prepare scripts check their input without loading torch
         return torch.cuda.mem_get_info(torch.device(device))[0]
     try:
         with open("/proc/meminfo") as f:
@@ -171,7 +171,7 @@ def check_memory(nbytes, what, device="cpu"):
     free = available_memory(device)
     if free is not None and nbytes > free:
         fail(f"{what} needs at least {nbytes / 2**30:,.1f} GiB on {device}, which has {free / 2**30:,.1f} GiB "
-             f"free: make it smaller")
+             f"free")
 
 
 def one_line_errors():

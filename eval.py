@@ -43,32 +43,32 @@ from diffusion import SAMPLERS
 from families import load, options_of
 from fast_sample import CACHES
 from sample import cut_at_eos
-from tokenizer import as_pair, dataset_dir, get_codec, load_sft, same_tokens, write_files
+from tokenizer import (as_pair, check_stream, dataset_dir, get_codec, load_meta, load_sft, same_tokens,
+                       write_files)
 from unmask import REMASKING, left_pad
 
 
-def val_windows(data_dir, T):
-    """Every non-overlapping window of T tokens of the val split: (N, T)."""
-    data = np.fromfile(os.path.join(data_dir, "val.bin"), dtype=np.uint16).astype(np.int64)
+def val_windows(data_dir, T, split="val"):
+    """Every non-overlapping window of T tokens of a split's token stream, checked (check_stream): (N, T)."""
+    check_stream(data_dir, split, load_meta(data_dir)["vocab_size"])
+    data = np.fromfile(os.path.join(data_dir, f"{split}.bin"), dtype=np.uint16).astype(np.int64)
     n = len(data) // T
     return torch.from_numpy(data[:n * T].reshape(n, T))
 
 
 def val_prompts(data_dir, T, num_samples, prompt_len, split="val"):
-    """(num_samples prompts, what follows them), evenly spaced over a split: the starts of val windows
+    """(num_samples prompts, what follows them), evenly spaced over a split: the starts of its windows
     of T tokens and the windows themselves, or, for an SFT dataset, the prompts of its records (all of
     one length, e.g. shakespeare_speech, automaton) and their responses. ValueError if there are none."""
     if os.path.exists(os.path.join(data_dir, f"{split}_sft.pkl")):
-        records = load_sft(data_dir, split, 10**9)
+        records = load_sft(data_dir, split, 10**9, load_meta(data_dir)["vocab_size"])
         records = [records[i] for i in torch.linspace(0, len(records) - 1, num_samples).long().tolist()]
         if len({len(p) for p, _, _ in records}) > 1 or any(h for _, _, h in records):
             raise ValueError(f"the {split} prompts of {data_dir} must all have one length and no holes")
         return torch.tensor([p for p, _, _ in records]), [r for _, r, _ in records]
-    if not os.path.isfile(os.path.join(data_dir, "val.bin")):
-        raise ValueError(f"the dataset {data_dir} has no val.bin: prepare it first")
-    w = val_windows(data_dir, T)
+    w = val_windows(data_dir, T, split)
     if len(w) == 0:
-        raise ValueError(f"the val split of {data_dir} is shorter than {T} tokens")
+        raise ValueError(f"the {split} split of {data_dir} is shorter than {T} tokens")
     w = w[torch.linspace(0, len(w) - 1, num_samples).long()]
     return w[:, :prompt_len], w
 
@@ -245,10 +245,7 @@ def accuracy_main():
         model, ckpt, fam = load(out_dir, device)
         meta = ckpt["meta"]
         get_codec(meta)  # the answers are decoded to be scored: a tokenizer that cannot load stops us before the work
-        try:
-            records = load_sft(dataset_dir(ckpt["config"]["dataset"]), split, model.config.block_size)
-        except ValueError as e:
-            fail(f"{out_dir}'s dataset has no {split} split of SFT records ({e})")
+        records = load_sft(dataset_dir(ckpt["config"]["dataset"]), split, model.config.block_size, meta["vocab_size"])
         records = records[:max_records or len(records)]
         if not records:
             fail(f"{out_dir}'s dataset has no {split} record that fits its context")

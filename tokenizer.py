@@ -1,11 +1,16 @@
 """
 A prepared dataset as the models see it: its vocabulary (meta.pkl), text <-> token ids (characters,
-as shakespeare_char, or GPT-2 BPE via tiktoken, as shakespeare; each with a [MASK] id appended), and
-the SFT data contract (sft_rows).
+as shakespeare_char, or GPT-2 BPE via tiktoken, as shakespeare; each with a [MASK] id appended), the
+checks a split passes when it is opened (check_stream, load_sft), and the SFT data contract (sft_rows).
 """
 
 import os
 import pickle
+import sys
+
+import numpy as np
+
+from configurator import check_memory
 
 MASK_GLYPH = "_"  # how a [MASK] is drawn when a canvas is decoded
 
@@ -118,18 +123,58 @@ def get_codec(meta):
     return encode, decode
 
 
-def load_sft(data_dir, split, block_size):
+def check_stream(data_dir, split, vocab_size):
+    """The number of tokens of a split's token stream, {split}.bin (uint16 ids, no header), checked once
+    when it is opened: ValueError, in one line, when it is missing, is not a whole number of uint16s, or
+    holds an id the vocabulary lacks (the model would index past its embedding, or learn garbage). The
+    ids are scanned in chunks of 2**24 so that a multi-GB stream (OpenWebText) is never in memory at once."""
+    path = os.path.join(data_dir, f"{split}.bin")
+    if not os.path.isfile(path):
+        raise ValueError(f"{path} not found: the dataset has no {split} split")
+    if vocab_size > 2**16:
+        raise ValueError(f"{os.path.join(data_dir, 'meta.pkl')} has vocab_size={vocab_size}: a uint16 .bin holds "
+                         f"ids below 65536 only")
+    size = os.path.getsize(path)
+    if size % 2:
+        raise ValueError(f"{path} has an odd number of bytes ({size}): it is not a stream of uint16 token ids")
+    data = np.memmap(path, dtype=np.uint16, mode="r") if size else np.zeros(0, dtype=np.uint16)
+    for i in range(0, len(data), 2**24):
+        top = int(data[i:i + 2**24].max())
+        if top >= vocab_size:
+            raise ValueError(f"{path} holds token id {top}, outside the vocabulary of {vocab_size} ids (meta.pkl)")
+    return len(data)
+
+
+def load_sft(data_dir, split, block_size, vocab_size):
     """The SFT records of a split, {split}_sft.pkl: a list of (prompt, response) id lists, or of
     (prompt, response, holes) for infilling, holes being positions in the prompt that are blanks (the
     prompt holds their answers; a sampler sees [MASK] there). Returned as triples (holes [] for pairs);
-    records whose prompt leaves no room in block_size are dropped."""
+    records whose prompt leaves no room in block_size are dropped. ValueError, in one line, for a missing
+    file or a record that breaks the contract (an id outside [0, vocab_size), a hole outside the prompt)."""
     path = os.path.join(data_dir, f"{split}_sft.pkl")
+    if not os.path.isfile(path):
+        raise ValueError(f"{path} not found: the dataset has no {split} split")
     try:
         with open(path, "rb") as f:
             records = [(list(r[0]), list(r[1]), list(r[2]) if len(r) > 2 else []) for r in pickle.load(f)]
     except Exception as e:
         raise ValueError(f"{path} is not a list of (prompt, response[, holes]) id lists ({type(e).__name__}: {e})")
+    for k, (p, r, h) in enumerate(records):  # here, once, not as an index error deep in a forward
+        for what, items, n, where in (("token", p + r, vocab_size, f"an id in [0, {vocab_size})"),
+                                      ("hole", h, len(p), f"a position in its prompt of {len(p)} tokens")):
+            bad = [i for i in items if not isinstance(i, (int, np.integer)) or not 0 <= i < n]
+            if bad:
+                raise ValueError(f"{path}: record {k} holds {what} {bad[0]!r}, not {where}")
     return [(p, r, h) for p, r, h in records if len(p) < block_size]
+
+
+def check_input(path):
+    """For the prepare scripts, before a local input file is read whole: stop with one line when it is
+    not a regular file (a device such as /dev/zero never ends, a FIFO may never open) or is larger than
+    the memory available, which would swap the machine to a halt or get the script killed without a word."""
+    if not os.path.isfile(path):  # symlinks followed: false for devices, FIFOs, sockets
+        sys.exit(f"error: {path} is not a regular file")
+    check_memory(os.path.getsize(path), f"reading {path} whole")
 
 
 def as_pair(record, mask_id):

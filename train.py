@@ -39,7 +39,7 @@ from configurator import (NON_NEGATIVE, PATH, POSITIVE, SEED, UNIT_OPEN, cast, c
                           check_writable, command_line_keys, configure, fail, one_of, rule)
 from families import FAMILIES
 from model import GPT, GPTConfig, load_checkpoint
-from tokenizer import dataset_dir, load_meta, load_sft, same_tokens, write_files
+from tokenizer import check_stream, dataset_dir, load_meta, load_sft, same_tokens, write_files
 
 try:
     import fcntl  # out_dir's lock (POSIX); on Windows a run does not lock its out_dir
@@ -128,11 +128,13 @@ config = {k: globals()[k] for k in config_keys}
 # every option against its range and the others, before any work (under torchrun every process
 # stops here with the same line)
 check(config, dict(
-    eval_interval=POSITIVE, eval_iters=rule(lambda v: 0 < v < 10**9, "in [1, 10^9)"), log_interval=NON_NEGATIVE, batch_size=POSITIVE,
+    eval_interval=POSITIVE, eval_iters=rule(lambda v: 0 < v < 10**9, "in [1, 10^9)"), log_interval=NON_NEGATIVE,
+    batch_size=POSITIVE,
     block_size=POSITIVE, gradient_accumulation_steps=POSITIVE, n_layer=POSITIVE, n_head=POSITIVE, n_embd=POSITIVE,
     dropout=UNIT_OPEN, objective=one_of(*FAMILIES), schedule=one_of(*diffusion.SCHEDULES),
     masking=one_of("rate", "count"), train_loss=one_of("elbo", "flat"), t_eps=rule(lambda v: 0 < v < 1, "in (0, 1)"),
-    learning_rate=POSITIVE, max_iters=rule(lambda v: 0 <= v < 10**9, "in [0, 10^9)"), weight_decay=NON_NEGATIVE, beta1=UNIT_OPEN, beta2=UNIT_OPEN,
+    learning_rate=POSITIVE, max_iters=rule(lambda v: 0 <= v < 10**9, "in [0, 10^9)"),  # get_batch: step < 10^9
+    weight_decay=NON_NEGATIVE, beta1=UNIT_OPEN, beta2=UNIT_OPEN,
     grad_clip=NON_NEGATIVE, warmup_iters=NON_NEGATIVE, lr_decay_iters=NON_NEGATIVE,
     min_lr=rule(lambda v: 0 <= v <= learning_rate, f"in [0, learning_rate={learning_rate}]"),
     dtype=one_of("float32", "bfloat16"), seed=SEED, curriculum_iters=NON_NEGATIVE,
@@ -223,15 +225,17 @@ except ValueError as e:
     fail(e)
 if sft:  # (prompt, response[, holes]) records: tokenizer.py's SFT contract
     try:
-        pairs = {split: load_sft(data_dir, split, block_size) for split in ("train", "val")}
+        pairs = {split: load_sft(data_dir, split, block_size, meta["vocab_size"]) for split in ("train", "val")}
     except ValueError as e:
         fail(e)
     if not pairs["train"] or not pairs["val"]:
         fail(f"no SFT record of {dataset} leaves room for a response in --block_size={block_size}")
 else:
     for split in ("train", "val"):
-        path = os.path.join(data_dir, f"{split}.bin")
-        n = os.path.getsize(path) // 2 if os.path.isfile(path) else 0
+        try:
+            n = check_stream(data_dir, split, meta["vocab_size"])
+        except ValueError as e:
+            fail(e)
         if n < block_size + 2:
             fail(f"the {split} split of {dataset} has {n} tokens, too few for --block_size={block_size}")
 
@@ -384,8 +388,8 @@ def fmt_val(v):
 
 
 def saved_note():
-    return (f"{ckpt_path} keeps step {saved_iter}'s weights" if saved_iter is not None else
-            f"no checkpoint was written")
+    """What a run that stops now leaves in out_dir."""
+    return f"{ckpt_path} keeps step {saved_iter}'s weights" if saved_iter is not None else "no checkpoint was written"
 
 
 def diverged(what):

@@ -1,6 +1,7 @@
 import hashlib
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 
@@ -42,6 +43,12 @@ def tiny_data(tmp_path_factory):
 
 TINY_TRAIN = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=8",
               "--eval_iters=2", "--warmup_iters=2", "--learning_rate=3e-3", "--min_lr=3e-4"]
+
+
+def copy_imports(folder):
+    """Copy what a data/<name>/prepare.py imports from its ../.. (its input check and writer) into folder."""
+    for name in ("tokenizer.py", "configurator.py"):
+        shutil.copy(os.path.join(ROOT, name), folder)
 
 
 def digest(folder):

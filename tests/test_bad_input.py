@@ -12,10 +12,11 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 
+import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, TINY_TRAIN, digest, run
+from conftest import ROOT, TINY_TRAIN, copy_imports, digest, run
 
 pytestmark = pytest.mark.slow
 
@@ -23,7 +24,13 @@ pytestmark = pytest.mark.slow
 # out_dir, {judge} a tiny AR judge's, {data} its dataset, {tmp} a scratch folder, {file} a text file,
 # {bin} a binary file, {sft} an SFT dataset, {other} a dataset with another vocabulary, {bad_meta} one
 # whose meta.pkl is corrupt, {short} one too short for the context, {edited} a checkpoint whose
-# iter_num was edited by hand.
+# iter_num was edited by hand. The last block: {odd} a dataset whose val.bin has an odd size, {big_id} one
+# whose val.bin holds an id past its vocabulary, {wide} one whose meta's vocabulary overflows uint16,
+# {sft_str} / {sft_id} / {sft_hole} SFT datasets with a record of characters, of an id past the vocabulary,
+# of a hole past its prompt, {judge_big_id} a judge whose dataset is {big_id}, {gsm} a GSM8K folder with a
+# numeric answer, {many} a text of 128,992 distinct characters; {dev} (outside the digested folder, which
+# could not read them) holds zero.txt -> /dev/zero, gsm8k/ whose train.jsonl is a FIFO, and a 1 TiB sparse
+# huge.txt.
 T = ["--dataset={data}", *TINY_TRAIN]
 TABLE = [
     ("train.py", [*T, "--out_dir={tmp}/a", "--batch_size=0"], "--batch_size=0"),
@@ -136,6 +143,21 @@ TABLE = [
     ("{prep}/shakespeare_char/prepare.py", ["{file}", "{file}"], "at most one input file"),
     ("{prep}/shakespeare_speech/prepare.py", ["{file}"], "speeches"),
     ("{prep}/shakespeare_speech/prepare.py", ["{empty}"], "empty"),
+    # datasets and prepare inputs that got past the checks
+    ("train.py", [*TINY_TRAIN, "--dataset={odd}", "--out_dir={tmp}/a"], "odd number of bytes"),
+    ("train.py", [*TINY_TRAIN, "--dataset={big_id}", "--out_dir={tmp}/a"], "outside the vocabulary"),
+    ("train.py", [*TINY_TRAIN, "--dataset={wide}", "--out_dir={tmp}/a"], "vocab_size=70000"),
+    ("train.py", [*TINY_TRAIN, "--dataset={sft_str}", "--out_dir={tmp}/a"], "holds token 's', not an id"),
+    ("train.py", [*TINY_TRAIN, "--dataset={sft_id}", "--out_dir={tmp}/a"], "holds token 70000, not an id"),
+    ("train.py", [*TINY_TRAIN, "--dataset={sft_hole}", "--out_dir={tmp}/a"], "holds hole 9, not a position"),
+    ("eval.py", ["--ckpts={ckpt}", "--judge={judge_big_id}"], "outside the vocabulary"),
+    ("bench.py", ["--out_dir={ckpt}", "--judge={judge}", "--what=fast", "--split=test"], "has no test split"),
+    ("{prep}/gsm8k/prepare.py", ["{gsm}"], "train.jsonl:2"),
+    ("{prep}/shakespeare_char/prepare.py", ["{many}"], "128,992 distinct characters"),
+    ("{prep}/shakespeare_char/prepare.py", ["/dev/zero"], "/dev/zero is not a regular file"),
+    ("{prep}/corpus/prepare.py", ["{dev}/zero.txt", "--out={tmp}/corpus"], "zero.txt is not a regular file"),
+    ("{prep}/gsm8k/prepare.py", ["{dev}/gsm8k"], "train.jsonl is not a regular file"),
+    ("{prep}/shakespeare_char/prepare.py", ["{dev}/huge.txt"], "huge.txt whole needs at least 1,024.0 GiB"),
 ]
 
 
@@ -159,26 +181,53 @@ def world(tiny_data, tiny_judge, tmp_path_factory):
     (tmp / "edited_meta").mkdir()
     torch.save({**ck, "meta": {"tokenizer": "char"}}, tmp / "edited_meta" / "ckpt.pt")
     for name, m in [("other", dict(meta, stoi={c: (i + 1) % len(meta["stoi"]) for c, i in meta["stoi"].items()})),
-                    ("short", meta)]:
+                    ("short", meta), ("odd", meta), ("big_id", meta), ("wide", dict(meta, vocab_size=70000))]:
         os.makedirs(tmp / name)
         for split in ("train", "val"):
             shutil.copy(os.path.join(tiny_data, f"{split}.bin"), tmp / name / f"{split}.bin")
         with open(tmp / name / "meta.pkl", "wb") as f:
             pickle.dump(m, f)
     (tmp / "short" / "val.bin").write_bytes(b"\x01\x00" * 5)
+    with open(tmp / "odd" / "val.bin", "ab") as f:
+        f.write(b"\x01")  # half a token
+    val = np.fromfile(tmp / "big_id" / "val.bin", dtype=np.uint16)
+    val[len(val) // 2] = meta["vocab_size"]
+    val.tofile(tmp / "big_id" / "val.bin")
     shutil.copytree(tmp / "short", tmp / "bad_meta")
     (tmp / "bad_meta" / "meta.pkl").write_bytes(b"not a pickle")
+    see = [meta["stoi"][c] for c in "see cat\n"]
+    for name, bad in [("sft_str", ("see cat\n", see[4:7])), ("sft_id", (see, [70000])), ("sft_hole", (see, [], [9]))]:
+        shutil.copytree(tmp / "sft", tmp / name)
+        with open(tmp / name / "train_sft.pkl", "rb") as f:
+            records = pickle.load(f)
+        with open(tmp / name / "train_sft.pkl", "wb") as f:
+            pickle.dump(records + [bad], f)
+    (tmp / "judge_big_id").mkdir()
+    jk = torch.load(os.path.join(tiny_judge[0], "ckpt.pt"), weights_only=True)
+    torch.save({**jk, "config": {**jk["config"], "dataset": str(tmp / "big_id")}}, tmp / "judge_big_id" / "ckpt.pt")
+    (tmp / "gsm").mkdir()
+    (tmp / "gsm" / "train.jsonl").write_text('{"question": "1 + 1?", "answer": "#### 2"}\n{"question": "2 + 2?", "answer": 4}\n')
+    (tmp / "gsm" / "test.jsonl").write_text('{"question": "1 + 1?", "answer": "#### 2"}\n')
+    (tmp / "many.txt").write_text("".join(chr(i) for i in range(32, 0x20000) if not 0xD800 <= i < 0xE000), encoding="utf-8")
+    dev = tmp_path_factory.mktemp("dev")
+    (dev / "zero.txt").symlink_to("/dev/zero")
+    (dev / "gsm8k").mkdir()
+    os.mkfifo(dev / "gsm8k" / "train.jsonl")
+    with open(dev / "huge.txt", "wb") as f:
+        f.truncate(2**40)  # sparse: 1 TiB that takes no disk
     (tmp / "file.txt").write_text("First Citizen:\nBefore we proceed any further, hear me speak.\n" * 3)
     (tmp / "empty.txt").write_text("  \n")
     (tmp / "binary.bin").write_bytes(bytes(range(256)) * 4)
     shutil.copytree(os.path.join(ROOT, "data"), tmp / "prep", ignore=shutil.ignore_patterns("*.bin", "*.pkl", "*.txt"))
-    shutil.copy(os.path.join(ROOT, "tokenizer.py"), tmp)  # the prepare scripts' writer, at their ../..
-    for name in ("shakespeare_char", "shakespeare_speech"):  # a prepared dataset that a failure must not touch
+    copy_imports(tmp)
+    for name in ("shakespeare_char", "shakespeare_speech", "gsm8k"):  # a prepared dataset that a failure must not touch
         (tmp / "prep" / name / "meta.pkl").write_bytes(b"prepared before")
     names = dict(ckpt=ckpt, judge=tiny_judge[0], data=tiny_data, tmp=tmp, file=tmp / "file.txt", bin=tmp / "binary.bin",
                  empty=tmp / "empty.txt", sft=tmp / "sft", other=tmp / "other", bad_meta=tmp / "bad_meta",
                  short=tmp / "short", edited=tmp / "edited", edited_meta=tmp / "edited_meta", prep=tmp / "prep",
-                 ema=tmp / "ema", sft_ckpt=tmp / "sft_ckpt")
+                 ema=tmp / "ema", sft_ckpt=tmp / "sft_ckpt",
+                 odd=tmp / "odd", big_id=tmp / "big_id", wide=tmp / "wide", sft_str=tmp / "sft_str", sft_id=tmp / "sft_id",
+                 sft_hole=tmp / "sft_hole", judge_big_id=tmp / "judge_big_id", gsm=tmp / "gsm", many=tmp / "many.txt", dev=dev)
     return names, digest(tmp)
 
 
@@ -217,14 +266,15 @@ def test_no_file_was_changed(world, results):
     assert digest(world[0]["tmp"]) == before
 
 
-def test_a_bad_option_stops_every_torchrun_process_with_the_same_line(world):
+@pytest.mark.parametrize("dataset, arg, words", [("data", "--gradient_accumulation_steps=3", "multiple of the 2 processes"),
+                                                 ("odd", "--block_size=32", "odd number of bytes")])  # a corrupt dataset
+def test_a_bad_option_stops_every_torchrun_process_with_the_same_line(world, dataset, arg, words):
     names, _ = world
     r = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-             os.path.join(ROOT, "train.py"), f"--dataset={names['data']}", f"--out_dir={names['tmp']}/c",
-             "--gradient_accumulation_steps=3"])
+             os.path.join(ROOT, "train.py"), f"--dataset={names[dataset]}", f"--out_dir={names['tmp']}/c", arg])
     assert r.returncode != 0
     lines = [l for l in r.stderr.splitlines() if l.startswith("error: ")]
-    assert len(lines) == 2 and len(set(lines)) == 1 and "multiple of the 2 processes" in lines[0], r.stderr
+    assert len(lines) == 2 and len(set(lines)) == 1 and words in lines[0], r.stderr
 
 
 def test_an_error_line_leaves_train_py_in_one_write(tmp_path):

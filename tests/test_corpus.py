@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from conftest import ROOT, digest, run
+from conftest import ROOT, copy_imports, digest, run
 
 SHARED_BPE = os.path.join(ROOT, "..", "shared", "tiktoken_cache")
 BPE_ENV = {"TIKTOKEN_CACHE_DIR": os.environ.get("TIKTOKEN_CACHE_DIR", SHARED_BPE)}
@@ -63,7 +63,7 @@ def copy_repo(folder):
     """data/ (without prepared files) and tokenizer.py, which the prepare scripts import from ../.."""
     shutil.copytree(os.path.join(ROOT, "data"), folder / "data",
                     ignore=shutil.ignore_patterns("*.bin", "*.pkl", "input.txt", "__pycache__"))
-    shutil.copy(os.path.join(ROOT, "tokenizer.py"), folder)
+    copy_imports(folder)
     return folder
 
 

@@ -7,8 +7,8 @@ import pytest
 
 pytestmark = pytest.mark.slow  # every test here runs a prepare.py
 
-from conftest import ROOT, run
-from tokenizer import get_codec
+from conftest import ROOT, copy_imports, run
+from tokenizer import check_stream, get_codec, load_sft
 
 TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n" * 20
 SHARED_BPE = os.path.join(ROOT, "..", "shared", "tiktoken_cache")
@@ -18,7 +18,7 @@ def prepare(tmp_path, name, env=None, text=TEXT):
     """Run data/<name>/prepare.py on a local input file, from a copy of data/ (the repo stays clean)."""
     shutil.copytree(os.path.join(ROOT, "data"), tmp_path / "data",
                     ignore=shutil.ignore_patterns("*.bin", "*.pkl", "input.txt"), dirs_exist_ok=True)
-    shutil.copy(os.path.join(ROOT, "tokenizer.py"), tmp_path)  # the prepare scripts import its writer from ../..
+    copy_imports(tmp_path)
     (tmp_path / "input.txt").write_text(text)
     r = run(str(tmp_path / "data" / name / "prepare.py"), str(tmp_path / "input.txt"), env=env)
     assert r.returncode == 0, r.stderr
@@ -74,3 +74,35 @@ def test_speech_pairs(tmp_path):
         assert len(p) == 32 and prompt.endswith(":\n") and prompt + response + "\n" in text
         assert response in ("Before we proceed any further, hear me speak.", "Speak, speak.")
     assert decode([meta["eos_id"]]) == ""
+
+
+def test_a_token_stream_is_checked_when_opened(tmp_path):
+    ids = np.zeros(2**24 + 3, dtype=np.uint16)  # one chunk of the scan and 3 tokens more
+    ids[-1] = 7
+    ids.tofile(tmp_path / "val.bin")
+    assert check_stream(tmp_path, "val", 8) == 2**24 + 3
+    for vocab_size, words in [(7, "token id 7, outside the vocabulary of 7"), (2**16 + 1, "vocab_size=65537")]:
+        with pytest.raises(ValueError, match=words):
+            check_stream(tmp_path, "val", vocab_size)
+    with pytest.raises(ValueError, match="has no test split"):
+        check_stream(tmp_path, "test", 8)
+    (tmp_path / "train.bin").write_bytes(b"\x01\x00\x02")
+    with pytest.raises(ValueError, match="odd number of bytes"):
+        check_stream(tmp_path, "train", 8)
+    (tmp_path / "train.bin").write_bytes(b"")
+    assert check_stream(tmp_path, "train", 8) == 0
+
+
+def test_sft_records_are_checked_when_opened(tmp_path):
+    good = [([1, 2], [3]), ([1, 2, 3], [4], [0, 2])]
+    with open(tmp_path / "train_sft.pkl", "wb") as f:
+        pickle.dump(good, f)
+    assert load_sft(tmp_path, "train", 8, 5) == [([1, 2], [3], []), ([1, 2, 3], [4], [0, 2])]
+    for bad, words in [(("ab", [1]), "record 2 holds token 'a'"), (([1, 5], [1]), "holds token 5"),
+                       (([1], [-1]), "holds token -1"), (([1, 2], [3], [2]), "holds hole 2, not a position")]:
+        with open(tmp_path / "train_sft.pkl", "wb") as f:
+            pickle.dump(good + [bad], f)
+        with pytest.raises(ValueError, match=words):
+            load_sft(tmp_path, "train", 8, 5)
+    with pytest.raises(ValueError, match="has no val split"):
+        load_sft(tmp_path, "val", 8, 5)

@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import ROOT, run
+from conftest import ROOT, copy_imports, run
 from tokenizer import get_codec
 
 spec = importlib.util.spec_from_file_location("prepare_sudoku", os.path.join(ROOT, "data", "sudoku", "prepare.py"))
@@ -103,7 +103,7 @@ def prepare(tmp_path, name, *args):
     """Run data/<name>/prepare.py from a copy of data/ (the repo stays clean); (meta, [train, val, test])."""
     shutil.copytree(os.path.join(ROOT, "data"), tmp_path / "data",
                     ignore=shutil.ignore_patterns("*.bin", "*.pkl", "*.tmp", "input.txt"), dirs_exist_ok=True)
-    shutil.copy(os.path.join(ROOT, "tokenizer.py"), tmp_path)  # the prepare scripts import its writer from ../..
+    copy_imports(tmp_path)
     r = run(str(tmp_path / "data" / name / "prepare.py"), *args, timeout=60)
     assert r.returncode == 0, r.stderr
     folder = tmp_path / "data" / name
@@ -184,7 +184,7 @@ def test_bad_argument_is_one_line(tmp_path, script, arg):
     for name in ("sudoku", "automaton"):  # a copy, should the script write anything; automaton's imports sudoku's
         shutil.copytree(os.path.join(ROOT, "data", name), tmp_path / "data" / name,
                         ignore=shutil.ignore_patterns("*.pkl", "*.tmp"))
-    shutil.copy(os.path.join(ROOT, "tokenizer.py"), tmp_path)
+    copy_imports(tmp_path)
     r = run(str(tmp_path / "data" / script / "prepare.py"), arg, timeout=60)
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith("error:")
@@ -314,7 +314,7 @@ def test_gsm8k_prepare(tmp_path):
         with open(os.path.join(shared, "data", "gsm8k", f"{name}.jsonl")) as f:
             (src / f"{name}.jsonl").write_text("".join(f.readlines()[:n]))
     shutil.copytree(os.path.join(ROOT, "data", "gsm8k"), tmp_path / "data" / "gsm8k", ignore=shutil.ignore_patterns("*.pkl"))
-    shutil.copy(os.path.join(ROOT, "tokenizer.py"), tmp_path)
+    copy_imports(tmp_path)
     env = {"TIKTOKEN_CACHE_DIR": os.path.join(shared, "tiktoken_cache")}
     r = run(str(tmp_path / "data" / "gsm8k" / "prepare.py"), str(src), env=env)
     assert r.returncode == 0, r.stderr

@@ -31,6 +31,9 @@ import numpy as np
 from tqdm import tqdm
 
 here = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(here, "..", ".."))
+from tokenizer import check_input  # noqa: E402  (the prepare scripts' one check of an input file)
+
 EXTENSIONS = (".txt", ".jsonl")
 CHUNK_CHARS = 1 << 20  # text per task, at most: small enough to balance the workers, big enough to amortise IPC
 DEFAULTS = dict(out=here, workers=os.cpu_count() or 1, val_fraction=0.0005, seed=1337)
@@ -85,6 +88,8 @@ def list_files(paths):
             sys.exit(f"error: {path} is not a .txt or .jsonl file (nor a folder)")
         else:
             files.append(path)
+    for path in files:
+        check_input(path)  # a device or a FIFO named .txt, or a file too large to read
     return files
 
 

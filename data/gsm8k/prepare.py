@@ -18,7 +18,7 @@ import urllib.request
 
 here = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(here, "..", ".."))
-from tokenizer import write_files  # noqa: E402  (the project's all-or-nothing writer)
+from tokenizer import check_input, write_files  # noqa: E402  (the project's input check and all-or-nothing writer)
 
 URL = "https://raw.githubusercontent.com/openai/grade-school-math/master/grade_school_math/data/{}.jsonl"
 N_VAL = 500
@@ -28,7 +28,8 @@ def read_split(folder, name):
     """The problems of one file, [(question, answer)], from folder/name.jsonl or downloaded."""
     path = os.path.join(folder, f"{name}.jsonl")
     try:
-        if os.path.isfile(path):
+        if os.path.exists(path):
+            check_input(path)  # a device or a FIFO named train.jsonl, or a file too large, stops here
             with open(path, encoding="utf-8") as f:
                 lines = f.read().splitlines()
         else:
@@ -42,9 +43,12 @@ def read_split(folder, name):
         if line.strip():
             try:
                 rec = json.loads(line)
-                out.append((rec["question"], rec["answer"]))
+                q, a = rec["question"], rec["answer"]
+                if not isinstance(q, str) or not isinstance(a, str):  # a number would fail in the tokenizer
+                    raise TypeError
+                out.append((q, a))
             except (ValueError, KeyError, TypeError):
-                sys.exit(f"error: {path}:{i} is not a GSM8K line (JSON with 'question' and 'answer')")
+                sys.exit(f"error: {path}:{i} is not a GSM8K line (JSON with 'question' and 'answer' strings)")
     if not out:
         sys.exit(f"error: {path} holds no problem")
     return out

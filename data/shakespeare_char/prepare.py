@@ -15,12 +15,13 @@ import numpy as np
 URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 here = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(here, "..", ".."))
-from tokenizer import write_files  # noqa: E402  (the project's all-or-nothing writer)
+from tokenizer import check_input, write_files  # noqa: E402  (the project's input check and all-or-nothing writer)
 
 
 def read_input(here, argv):
     """The text from argv[1], from input.txt beside the script, or downloaded to it. A folder, a
-    missing, binary (not UTF-8) or empty file stops the script with one line before anything is written."""
+    missing, binary (not UTF-8), empty, non-regular or too large file stops the script with one line before
+    anything is written."""
     if len(argv) > 2:
         sys.exit(f"error: expected at most one input file, got {len(argv) - 1}")
     path = argv[1] if len(argv) > 1 else os.path.join(here, "input.txt")
@@ -36,6 +37,7 @@ def read_input(here, argv):
             sys.exit(f"error: could not download {URL} ({e}); pass a local copy: "
                      f"python {os.path.relpath(here)}/prepare.py path/to/input.txt")
         write_files(os.path.dirname(path), {os.path.basename(path): text.encode("utf-8")})
+    check_input(path)
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
@@ -49,6 +51,9 @@ def read_input(here, argv):
 def prepare(text, folder):
     """Write train.bin / val.bin (90/10) and meta.pkl for `text` into `folder`; returns the meta."""
     chars = sorted(set(text))
+    if len(chars) >= 2**16:  # the ids, [MASK] (len(chars)) included, are stored as uint16
+        sys.exit(f"error: the text has {len(chars):,} distinct characters, more than the 65,535 that uint16 "
+                 f"ids hold beside [MASK]")
     stoi = {c: i for i, c in enumerate(chars)}
     meta = dict(tokenizer="char", vocab_size=len(chars) + 1, mask_id=len(chars), eos_id=-1,
                 stoi=stoi, itos={i: c for c, i in stoi.items()})
