@@ -19,28 +19,28 @@ def write_files(folder, files):
     """Write {file name: bytes, or a function that writes the file at the path it is given (torch.save)}
     into folder, all or nothing: the project's one writer (datasets, checkpoints, traces). Every file is
     written under a temporary name first; then the old files step aside (name.old) and the new ones take
-    their names. If anything fails (a full disk, Ctrl-C, a rename) the temporary files are removed and
-    the old files come back, so the folder is as it was: a half-written dataset would be taken as
-    prepared, a half-written checkpoint would replace a good one. A name that is not a regular file (a
-    device such as /dev/stdout) is written in place. The error is raised again for the caller to report."""
+    their names, the last one in a single atomic rename (a checkpoint is always whole, even after kill -9).
+    If anything fails (a full disk, Ctrl-C, a rename) the temporary files are removed and the old files
+    come back, so the folder is as it was: a half-written dataset would be taken as prepared, a
+    half-written checkpoint would replace a good one. A name that is not a regular file (a device such as
+    /dev/stdout) is written in place. The error is raised again for the caller to report."""
     undo, written = [], []
     try:
         for name, data in files.items():
             path = os.path.join(folder, name)
-            if os.path.exists(path) and not os.path.isfile(path):  # a device or a pipe: nothing to swap
-                with open(path, "wb") as f:
-                    f.write(data)
-                continue
             tmp = path + ".tmp"
-            undo.append(lambda t=tmp: os.path.exists(t) and os.remove(t))
-            written.append((tmp, path))
+            if os.path.exists(path) and not os.path.isfile(path):  # a device or a pipe: nothing to swap
+                tmp = path
+            else:
+                undo.append(lambda t=tmp: os.path.exists(t) and os.remove(t))
+                written.append((tmp, path))
             if callable(data):
                 data(tmp)
             else:
                 with open(tmp, "wb") as f:
                     f.write(data)
-        for tmp, path in written:
-            if os.path.exists(path):
+        for j, (tmp, path) in enumerate(written):
+            if j < len(written) - 1 and os.path.exists(path):  # the last rename replaces its file atomically
                 os.replace(path, path + ".old")
                 undo.append(lambda p=path: os.replace(p + ".old", p))
             os.replace(tmp, path)

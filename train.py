@@ -116,11 +116,11 @@ if init_from == "resume":
     # checkpoint's (its EMA, its recipe), except those of this machine and this command
     if not os.path.isfile(ckpt_path):
         fail(f"--init_from=resume: checkpoint {ckpt_path} not found")
-    try:
+    try:  # mmap: the options without reading the weights
         was = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)["config"]
         assert isinstance(was, dict), "no config"
     except Exception as e:
-        fail(f"{ckpt_path} is not a checkpoint train.py can resume ({type(e).__name__}: {str(e)[:200]})")
+        fail(f"{ckpt_path} is not a valid checkpoint ({type(e).__name__}: {str(e).strip()[:100]})")
     this_run = {"out_dir", "init_from", "eval_only", "overwrite", "device", "dtype", "compile", "log_interval"}
     globals().update({k: cast(k, v, defaults[k], ckpt_path) for k, v in was.items()
                       if k in defaults and k not in given | this_run})
