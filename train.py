@@ -172,6 +172,8 @@ def own(folder):
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         fail(f"--out_dir={folder} is in use by another train.py run: wait for it to end or choose another --out_dir")
+    except OSError:  # a file system without locks (some network mounts): the run goes on unlocked
+        return None
     return fd
 
 
