@@ -5,6 +5,7 @@
 #   python eval.py --mode=accuracy --ckpts=out-automaton-bd3 --threshold=0.9
 from config.automaton import *  # noqa: F401,F403
 out_dir = "out-automaton-bd3"
+dataset = "automaton"
 objective = "bd3"
 bd3_block = 16          # tokens per block: one row (W + 1 = 16 characters, data/automaton/prepare.py)
 block_size = 160        # 10 blocks: the 16-character prompt, 128 of response, 16 for its EOS
