@@ -4,7 +4,7 @@ Block diffusion: BD3-LM (Arriola et al., ICLR 2025). Autoregressive across block
 
 The L tokens of x are cut into blocks x^1..x^K of b tokens (train.py's --bd3_block; the last may be
 shorter). The likelihood factorises over blocks, each given the clean blocks before it, and each factor
-is bounded by masked diffusion's continuous-time NELBO on its block (BD3-LM eq. 3-4):
+is bounded by masked diffusion's continuous-time NELBO on its block (BD3-LM section 3.1, the L_BD bound):
     -log p(x) = sum_k -log p(x^k | x^{<k})
              <= sum_k E_{t_k} [ -alpha'_t/(1 - alpha_t) sum_{i in block k, x_t^i = m} -log p(x^i | x_t^k, x^{<k}) ]
 every block with its own time t_k (antithetic over all blocks of a batch); divided by the L scored
