@@ -101,10 +101,9 @@ def nll_bound(model, windows, scored, n_draws=8, seed=0, batch_size=64):
 
 def cache_buffers(model, B, T):
     """Empty keys/values for a canvas of T positions: per layer a (k, v) pair, each (B, H, T, D)."""
-    c, dtype = model.config, model.lm_head.weight.dtype
+    c, w = model.config, model.lm_head.weight
     shape = (B, c.n_head, T, c.n_embd // c.n_head)
-    return [(torch.zeros(shape, dtype=dtype, device=model.lm_head.weight.device),
-             torch.zeros(shape, dtype=dtype, device=model.lm_head.weight.device)) for _ in range(c.n_layer)]
+    return [(w.new_zeros(shape), w.new_zeros(shape)) for _ in range(c.n_layer)]
 
 
 def step_forward(fwd, x, rows, lo, e, see, kv):
