@@ -97,6 +97,7 @@ class AR:
     shift = 1         # a training row is block_size + 1 tokens: the last is only a target
     exact = True      # its held-out number is the exact NLL
     infills = False   # generate() writes after the prompt; an answer to an infilling record is the whole text
+    converts = ()     # --init_from takes only checkpoints with its flags
     options = ()      # no train.py option of its own
     sample_options = ()
 

@@ -261,6 +261,7 @@ class MDLM:
     shift = 0         # a training row is block_size tokens
     exact = False     # its held-out number is a bound on the NLL
     infills = True    # generate() also fills the [MASK]s inside a prompt
+    converts = ()     # --init_from takes only checkpoints with its flags
     options = ("schedule", "masking", "train_loss", "t_eps", "antithetic")  # the train.py options it reads
     sample_options = ("steps", "sampler", "block_length", "remasking", "cfg_scale", "eta", "forbid_eos", "fast",
                       "cache", "threshold", "factor")  # the sampling options generate() reads

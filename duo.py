@@ -339,6 +339,7 @@ class Duo:
     shift = 0         # a training row is block_size tokens
     exact = False     # its held-out number is a bound on the NLL
     infills = True    # generate() also fills the [MASK]s inside a prompt
+    converts = ()     # --init_from takes only checkpoints with its flags
     options = ("t_eps", "antithetic", "curriculum_iters", "tau")  # the train.py options it reads
     sample_options = ("steps", "top_k", "top_p", "greedy_tail")   # the sampling options generate() reads
 

@@ -1,7 +1,8 @@
 """
 The model families by name: the one table that says which file trains, evaluates and samples a model.
 
-A family is one file with one interface (diffusion.MDLM, ar.AR, duo.Duo and duo.DCD, its distillation).
+A family is one file with one interface (diffusion.MDLM, ar.AR, duo.Duo and duo.DCD, its distillation,
+bd3.BD3).
 train.py's --objective names it and every checkpoint stores that name (config['objective']); train.py,
 sample.py, eval.py and bench.py look it up once, here, and from then on call only these names:
 
@@ -9,6 +10,8 @@ sample.py, eval.py and bench.py look it up once, here, and from then on call onl
     shift             extra tokens per training row (AR: the last target)
     exact             True when its held-out number is the exact NLL, False for a bound
     infills           whether generate() fills [MASK]s inside a prompt (else it writes after the prompt)
+    converts          the families whose checkpoints --init_from may start it from, though their flags differ
+                      (the same weights in a model with its flags)
     options           the train.py options it reads; sample_options: the sampling options generate() reads
     check(cfg, meta, sft)              ValueError for what it cannot train on
     Family(cfg, meta, model)           its training side: noise(), loss(), val_loss(), extra (modules to
@@ -19,11 +22,12 @@ sample.py, eval.py and bench.py look it up once, here, and from then on call onl
 """
 
 import ar
+import bd3
 import diffusion
 import duo
 from model import load_checkpoint
 
-FAMILIES = {"mdlm": diffusion.MDLM, "ar": ar.AR, "duo": duo.Duo, "dcd": duo.DCD}
+FAMILIES = {"mdlm": diffusion.MDLM, "ar": ar.AR, "duo": duo.Duo, "dcd": duo.DCD, "bd3": bd3.BD3}
 
 
 def load(path, device="cpu", **kw):

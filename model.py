@@ -12,7 +12,9 @@ writes its fresh keys/values into the buffers at [s, s+n) (in place: the cache i
 attends over all T positions. Running the block and everything after it is the prefix cache
 (Fast-dLLM); running the block alone, with cached keys/values on both sides, is the dual cache. With
 `return_kv=True` forward also returns the fresh (k, v) of the tokens it ran, per layer: after a full
-forward, these are the cache.
+forward, these are the cache. `attn_mask` narrows which keys each query sees: block diffusion (bd3.py)
+trains on the noisy and the clean copy side by side with a block-causal mask and samples through the
+same seam, each committed block's keys/values written once.
 """
 
 import inspect
@@ -36,6 +38,7 @@ class GPTConfig:
     dropout: float = 0.0
     causal: bool = False    # True: autoregressive baseline
     time_cond: bool = False  # True: conditioned on the noise level sigma (uniform-state diffusion, duo.py)
+    bd3_block: int = 0      # > 0: trained block-causally, in blocks of this many tokens (block diffusion, bd3.py)
 
 
 # dense bf16 (V100, T4: fp16) tensor-core peaks in FLOP/s, matched by substring of the device name
@@ -74,7 +77,7 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=False)
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=False)
 
-    def forward(self, x, cos, sin, start, kv, key_mask):
+    def forward(self, x, cos, sin, start, kv, key_mask, attn_mask=None):
         B, n, C = x.shape
         qkv = self.qkv(x).view(B, n, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)  # (3, B, H, n, D)
         (q, k), v = apply_rope(qkv[:2], cos, sin), qkv[2]  # q and k rotated in one go
@@ -84,6 +87,8 @@ class Attention(nn.Module):
             k[:, :, start:start + n], v[:, :, start:start + n] = fresh
         T_k = k.size(2)  # (B, H, T_k, D)
         mask = None if key_mask is None else key_mask[:, None, None, :T_k]  # (B, 1, 1, T_k)
+        if attn_mask is not None:  # (n, T_k) or (B, 1, n, T_k): the keys each query may see (bd3.py's blocks)
+            mask = attn_mask if mask is None else mask & attn_mask
         if self.causal and (kv is not None or mask is not None):
             # query i sits at canvas position start + i and may see keys j <= start + i
             tri = torch.arange(T_k, device=x.device)[None, :] <= start + torch.arange(n, device=x.device)[:, None]
@@ -125,14 +130,14 @@ class Block(nn.Module):
         self.norm2, self.mlp = RMSNorm(cfg.n_embd), SwiGLU(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, cos, sin, start, kv, key_mask, c=None):
+    def forward(self, x, cos, sin, start, kv, key_mask, c=None, attn_mask=None):
         if c is None:
-            a, fresh = self.attn(self.norm1(x), cos, sin, start, kv, key_mask)
+            a, fresh = self.attn(self.norm1(x), cos, sin, start, kv, key_mask, attn_mask)
             x = x + self.drop(a)
             return x + self.drop(self.mlp(self.norm2(x))), fresh
         # c: (B, TIME_DIM). (1 + scale), (1 + gate): a zero-initialised projection leaves the plain block
         shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c)[:, None].chunk(6, dim=-1)  # each (B, 1, C)
-        a, fresh = self.attn(self.norm1(x) * (1 + scale1) + shift1, cos, sin, start, kv, key_mask)
+        a, fresh = self.attn(self.norm1(x) * (1 + scale1) + shift1, cos, sin, start, kv, key_mask, attn_mask)
         x = x + self.drop((1 + gate1) * a)
         x = x + self.drop((1 + gate2) * self.mlp(self.norm2(x) * (1 + scale2) + shift2))
         return x, fresh
@@ -183,7 +188,7 @@ class GPT(nn.Module):
         peak = next((v for k, v in PEAK_FLOPS.items() if k in device_name), None)
         return None if peak is None else self.flops_per_token(T) * tokens_per_s / peak
 
-    def forward(self, idx, start=0, kv=None, pos=None, key_mask=None, return_kv=False, sigma=None):
+    def forward(self, idx, start=0, kv=None, pos=None, key_mask=None, return_kv=False, sigma=None, attn_mask=None):
         """
         idx: (B, n) token ids at canvas positions start..start+n-1, or (B, n, K) probabilities over the
              first K ids (a soft input: their mix of embeddings, duo.py's curriculum).
@@ -192,10 +197,12 @@ class GPT(nn.Module):
         pos: optional (B, n) RoPE positions (default: the canvas positions); left-padded batches
              pass each row's own positions so that a row sees what it would see alone.
         key_mask: optional (B, T_k) bool, False for keys that must not be attended to (padding).
+        attn_mask: optional (n, T_k) or (B, 1, n, T_k) bool, True where query i may see key j (with key_mask,
+             both must allow): bd3.py's block-causal attention, over 2L tokens whose positions come from pos.
         Returns logits (B, n, V) in float32, and with return_kv the list of fresh (k, v).
         """
         B, n = idx.shape[:2]
-        if start + n > self.config.block_size:
+        if pos is None and start + n > self.config.block_size:  # given positions are the caller's to keep < block_size
             raise ValueError(f"sequence of length {start + n} exceeds the model's block_size {self.config.block_size}")
         if pos is None:
             cos, sin = self.cos[start:start + n], self.sin[start:start + n]
@@ -211,7 +218,7 @@ class GPT(nn.Module):
         c = self.time_mlp(sigma_embedding(sigma)) if self.config.time_cond else None  # (B, TIME_DIM)
         new_kv = []
         for i, block in enumerate(self.blocks):
-            x, fresh = block(x, cos, sin, start, None if kv is None else kv[i], key_mask, c)
+            x, fresh = block(x, cos, sin, start, None if kv is None else kv[i], key_mask, c, attn_mask)
             new_kv.append(fresh)
         logits = self.lm_head(self.norm_f(x)).float()
         if self.config.mask_id >= 0:

@@ -25,8 +25,8 @@ family (families.py), and the family's generate() writes: for masked diffusion (
 - --fast: Fast-dLLM's version of llada (fast_sample.py: a K/V cache and parallel commits).
 
 A Duo checkpoint samples with duo.py's ancestral sampler (--top_k, --top_p, --greedy_tail), an AR
-one with ar.py's cached decoder. This file holds what they share: the prompt, the live view, the
-options and their checks.
+one with ar.py's cached decoder, a block diffusion one block by block with bd3.py's exact cache.
+This file holds what they share: the prompt, the live view, the options and their checks.
 """
 
 import json
@@ -118,8 +118,8 @@ cfg_scale = 0.0         # llada: classifier-free guidance scale (0: off)
 eta = 0.02              # remdm: re-masking probability cap
 forbid_eos = False      # never sample EOS (datasets with an EOS token)
 fast = False            # Fast-dLLM (fast_sample.py): block-wise K/V cache + parallel decoding
-cache = "dual"          # fast: 'none', 'prefix' or 'dual'
-threshold = 0.9         # fast: commit every position at least this sure (0: off)
+cache = "dual"          # fast: 'none', 'prefix' or 'dual'; bd3: 'none' recomputes, any other is its block cache
+threshold = 0.9         # fast, bd3: commit every position at least this sure (0: off)
 factor = 0.0            # fast, threshold 0: the factor rule (n + 1)(1 - c(n)) < factor (0: off)
 top_k = 0               # duo: sample from the k most likely tokens of each prediction (0: all)
 top_p = 1.0             # duo: ... from the smallest set with this probability (nucleus)

@@ -10,12 +10,13 @@ Every step's global batch (token windows, times t, masks) is drawn from a genera
 (seed, step) and then split among processes and micro-steps: N processes give the weights that one
 process gives with the same global batch, and a resumed run continues exactly as if never stopped.
 
-The objective names a model family (families.py: diffusion.MDLM, ar.AR, duo.Duo, duo.DCD): how a batch
+The objective names a model family (families.py: diffusion.MDLM, ar.AR, duo.Duo, duo.DCD, bd3.BD3): how a batch
 of clean rows is noised, the loss, the val bound, the model's flags and any extra state to checkpoint.
 This script looks it up once ("the family" below) and never looks inside a batch.
 
     python train.py config/shakespeare_duo.py                   # uniform-state diffusion (Duo)
     python train.py config/shakespeare_dcd.py                   # its consistency distillation
+    python train.py config/shakespeare_bd3.py                   # block diffusion (BD3-LM)
 """
 
 import atexit
@@ -70,7 +71,8 @@ n_embd = 128
 dropout = 0.0
 # objective
 objective = "mdlm"      # the model family (families.py): 'mdlm' (masked diffusion), 'ar' (causal next-token loss),
-                        # 'duo' (uniform-state diffusion) or 'dcd' (Duo's consistency distillation of an init_from model)
+                        # 'duo' (uniform-state diffusion), 'dcd' (Duo's consistency distillation of an init_from model)
+                        # or 'bd3' (block diffusion: autoregressive over blocks, masked diffusion within one)
 schedule = "linear"     # noise schedule alpha_t, see diffusion.SCHEDULES
 masking = "rate"        # 'rate': each token masked w.p. 1 - alpha_t (MDLM); 'count': exactly l ~ U{1..L} (LLaDA)
 train_loss = "elbo"     # 'elbo': the NELBO (a bound); 'flat': the mean CE of all masked tokens (a surrogate, see diffusion.flat_weight)
@@ -80,6 +82,7 @@ curriculum_iters = 0    # duo: the first this many steps read the Gaussian curri
 tau = 1e-3              # duo: the curriculum's softmax temperature
 dcd_delta = 0.02        # dcd: the teacher's time step delta in the first round; it doubles every round
 dcd_round_iters = 200   # dcd: steps per round; the teacher is the student copied at the start of each
+bd3_block = 4           # bd3: tokens per block (1: autoregression, block_size: MDLM)
 # AdamW with linear warmup and cosine decay
 learning_rate = 1e-3
 max_iters = 2000
@@ -138,7 +141,8 @@ check(config, dict(
     grad_clip=NON_NEGATIVE, warmup_iters=NON_NEGATIVE, lr_decay_iters=NON_NEGATIVE,
     min_lr=rule(lambda v: 0 <= v <= learning_rate, f"in [0, learning_rate={learning_rate}]"),
     dtype=one_of("float32", "bfloat16"), seed=SEED, curriculum_iters=NON_NEGATIVE,
-    tau=POSITIVE, ema_decay=UNIT_OPEN, dcd_delta=rule(lambda v: 0 < v < 1, "in (0, 1)"), dcd_round_iters=POSITIVE))
+    tau=POSITIVE, ema_decay=UNIT_OPEN, dcd_delta=rule(lambda v: 0 < v < 1, "in (0, 1)"), dcd_round_iters=POSITIVE,
+    bd3_block=POSITIVE))
 fam = FAMILIES[objective]  # the family: the one lookup; from here on only its names (families.py)
 # an option of another family is a mistake on the command line; in a config file it is the task's recipe
 # for that family, which the same file serves for the baselines (config/sudoku.py --objective=ar)
@@ -305,6 +309,14 @@ def grow_vocab(model, old_meta):
     return grown
 
 
+def as_family(model):
+    """A model of a family this one converts (fam.converts, e.g. AR -> block diffusion): the same weights
+    in a model with this family's flags (its attention)."""
+    converted = GPT(GPTConfig(**{**asdict(model.config), **fam.flags})).to(device)
+    converted.load_state_dict(model.state_dict())
+    return converted
+
+
 # model and optimizer, from scratch, from the checkpoint (resume), or from a pretrained one (fine-tune)
 def from_checkpoint(path):
     """(model, ckpt) of a checkpoint this run resumes or fine-tunes, refused in one line unless it fits
@@ -316,7 +328,9 @@ def from_checkpoint(path):
         fail(e)
     was = ck["config"].get("objective")
     if {k: getattr(model.config, k) for k in fam.flags} != fam.flags:  # another kind of model
-        fail(f"{path} was trained with objective={was}, not --objective={objective}")
+        if init_from == "resume" or was not in fam.converts:
+            fail(f"{path} was trained with objective={was}, not --objective={objective}")
+        model = as_family(model)
     if init_from == "resume" and was != objective:
         fail(f"{path} was trained with objective={was}: resume it with --objective={was}")
     for key in ("n_layer", "n_head", "n_embd", "dropout"):

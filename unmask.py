@@ -92,18 +92,19 @@ def blocks(x, P, gen_length, block_length, steps, mask_id):
 
 
 def padded_forward(model, pad, T, forbid=-1):
-    """The model as a function of (part of) the canvas: f(x, rows, start, kv, return_kv) runs the
-    tokens x of the given rows at positions start..; with left padding (pad: (B,) counts), padded
-    keys are hidden and each row gets its own positions, so a row sees exactly what it would see
-    alone. forbid >= 0: that token (EOS) is never predicted."""
+    """The model as a function of (part of) the canvas: f(x, rows, start, kv, return_kv, **kw) runs the
+    tokens x of the given rows at positions start.. (kw: more of model.forward's, e.g. attn_mask); with
+    left padding (pad: (B,) counts), padded keys are hidden and each row gets its own positions, so a
+    row sees exactly what it would see alone. forbid >= 0: that token (EOS) is never predicted."""
     if pad is None:
         key_mask = pos = None
     else:
         ar = torch.arange(T, device=pad.device)[None]
         key_mask, pos = ar >= pad[:, None], (ar - pad[:, None]).clamp(min=0)  # (B, T)
 
-    def f(x, rows=slice(None), start=0, kv=None, return_kv=False):
-        kw = {} if pad is None else dict(pos=pos[rows, start:start + x.size(1)], key_mask=key_mask[rows])
+    def f(x, rows=slice(None), start=0, kv=None, return_kv=False, **kw):
+        if pad is not None:
+            kw.update(pos=pos[rows, start:start + x.size(1)], key_mask=key_mask[rows])
         out = model(x, start=start, kv=kv, return_kv=return_kv, **kw)
         if forbid >= 0:
             (out[0] if return_kv else out)[..., forbid] = float("-inf")

@@ -16,8 +16,8 @@ from model import GPTConfig
 from unmask import left_pad
 
 SCRIPTS = ["train.py", "sample.py", "eval.py", "bench.py", "fast_sample.py", "unmask.py"]
-INTERFACE = ["flags", "shift", "exact", "infills", "options", "sample_options", "check", "noise", "loss", "val_loss",
-             "begin_step", "nll", "check_sampling", "generate", "describe"]
+INTERFACE = ["flags", "shift", "exact", "infills", "converts", "options", "sample_options", "check", "noise", "loss",
+             "val_loss", "begin_step", "nll", "check_sampling", "generate", "describe"]
 
 
 def top_level_names(path):

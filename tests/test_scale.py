@@ -36,14 +36,14 @@ def test_ema_is_the_average_of_the_weights_resumes_exactly_and_is_what_sampling_
     assert torch.equal(raw.wte.weight, full["model"]["wte.weight"])
 
 
-@pytest.mark.parametrize("objective", ["mdlm", "ar", "duo"])
+@pytest.mark.parametrize("objective", ["mdlm", "ar", "duo", "bd3"])
 def test_a_bf16_autocast_loss_is_close_to_float32(objective):
     V, g = 12, torch.Generator().manual_seed(0)
     fam = FAMILIES[objective]
     model = tiny_model(V=V, T=16, **fam.flags).train()
     x0 = torch.randint(V - 1, (8, 16 + fam.shift), generator=g)
     cfg = dict(schedule="linear", masking="rate", train_loss="elbo", t_eps=1e-3, antithetic=True, curriculum_iters=1,
-               tau=1e-3)  # duo: the curriculum's soft input at step 0
+               tau=1e-3, bd3_block=4)  # duo: the curriculum's soft input at step 0
     obj = fam(cfg, dict(mask_id=V - 1, vocab_size=V), model)
     batch, loss = obj.noise(x0, torch.ones_like(x0, dtype=torch.bool), g, 0, False), obj.loss
     fp32 = loss(model, batch)
