@@ -142,7 +142,7 @@ check(config, dict(
     min_lr=rule(lambda v: 0 <= v <= learning_rate, f"in [0, learning_rate={learning_rate}]"),
     dtype=one_of("float32", "bfloat16"), seed=SEED, curriculum_iters=NON_NEGATIVE,
     tau=POSITIVE, ema_decay=UNIT_OPEN, dcd_delta=rule(lambda v: 0 < v < 1, "in (0, 1)"), dcd_round_iters=POSITIVE,
-    bd3_block=POSITIVE))
+    bd3_block=rule(lambda v: 0 < v <= block_size, f"in [1, --block_size={block_size}]")))
 fam = FAMILIES[objective]  # the family: the one lookup; from here on only its names (families.py)
 # an option of another family is a mistake on the command line; in a config file it is the task's recipe
 # for that family, which the same file serves for the baselines (config/sudoku.py --objective=ar)

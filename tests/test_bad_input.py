@@ -120,6 +120,7 @@ TABLE = [
     ("train.py", [*T, "--out_dir={tmp}/a", "--seed=100000000000000000000"], "--seed=100000000000000000000"),
     ("train.py", [*T, "--out_dir="], "--out_dir=''"),
     ("train.py", [*T, "--out_dir={tmp}/a", "--eval_only=True"], "--eval_only evaluates a trained model"),
+    ("train.py", [*T, "--out_dir={tmp}/a", "--objective=bd3", "--bd3_block=1000000000"], "--bd3_block=1000000000"),
     ("train.py", ["--out_dir={ema}", "--init_from=resume", "--ema_decay=0"], "keeps EMA weights"),
     ("sample.py", ["--out_dir={ckpt}", "--gen_length=16", "--block_length=16", "--num_samples=1000000000"], "needs at least"),
     ("sample.py", ["--out_dir={ckpt}", "--steps=1000000000"], "--steps=1000000000"),
