@@ -242,8 +242,8 @@ def results(world):
         script, args, _ = row
         with out_dirs.get(next((a for a in args if a.startswith("--out_dir=")), None), nullcontext()):
             return run(script.format(**names), *[a.format(**names) for a in args], timeout=120)
-    # four at a time (most of each is importing torch: on 2 cores 175 s for the table, 222 s two at a time),
-    # one at a time per out_dir: a train.py run owns its out_dir while it runs (tests/test_faults.py)
+    # four at a time (most of each is importing torch, which waits on more than the 2 cores), one at a
+    # time per out_dir: a train.py run owns its out_dir while it runs (tests/test_faults.py)
     with ThreadPoolExecutor(4) as pool:
         return list(pool.map(one, TABLE))
 
