@@ -5,6 +5,7 @@ Then the state a run carries through a resume (its EMA) and what --eval_only eva
 """
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import time
 import pytest
 import torch
 
-from conftest import ROOT, TINY_TRAIN, run
+from conftest import ROOT, TINY_TRAIN, copy_imports, digest, run, tiny_text
 
 
 def error_lines(stderr):
@@ -83,6 +84,20 @@ def test_a_full_disk_leaves_the_checkpoint_as_it_was(tiny_data, tmp_path):
     one_line(r, "could not write")
     assert "keeps step 2's weights" in r.stderr
     assert os.listdir(tmp_path) == ["ckpt.pt"] and (tmp_path / "ckpt.pt").read_bytes() == before
+
+
+@slow
+def test_a_full_disk_while_preparing_leaves_the_dataset_as_it_was(tmp_path):
+    shutil.copytree(os.path.join(ROOT, "data", "shakespeare_char"), tmp_path / "data" / "shakespeare_char",
+                    ignore=shutil.ignore_patterns("*.bin", "*.pkl", "*.txt"))
+    copy_imports(tmp_path)
+    script, old, new = tmp_path / "data" / "shakespeare_char" / "prepare.py", tmp_path / "old.txt", tmp_path / "new.txt"
+    old.write_text(tiny_text(20000))
+    new.write_text(tiny_text(20000, seed=1))  # another text: a half-written dataset would show
+    assert run(str(script), str(old)).returncode == 0
+    before = digest(tmp_path / "data")
+    one_line(run_limited(str(script), str(new), max_file_bytes=50_000), "File too large")
+    assert digest(tmp_path / "data") == before
 
 
 @slow

@@ -37,6 +37,8 @@ def as_text(cells):
 
 
 if __name__ == "__main__":
+    from configurator import one_line_errors  # Ctrl-C, a full disk: one line, not a traceback
+    one_line_errors()
     cfg = parse_args(sys.argv[1:], DEFAULTS)
     counts, seed = split_counts(cfg), to_int(cfg, "seed")
     W, R, rule = to_int(cfg, "width", 1, 62), to_int(cfg, "rows", 1), to_int(cfg, "rule", 0, 255)

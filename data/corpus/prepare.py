@@ -255,4 +255,6 @@ def main(argv, defaults=DEFAULTS):
 
 
 if __name__ == "__main__":
+    from configurator import one_line_errors  # Ctrl-C, a full disk: one line, not a traceback
+    one_line_errors()
     main(sys.argv[1:])

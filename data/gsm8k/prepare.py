@@ -55,6 +55,8 @@ def read_split(folder, name):
 
 
 if __name__ == "__main__":
+    from configurator import one_line_errors  # Ctrl-C, a full disk: one line, not a traceback
+    one_line_errors()
     if len(sys.argv) > 2:
         sys.exit("error: expected at most one argument, the folder that holds train.jsonl and test.jsonl")
     folder = sys.argv[1] if len(sys.argv) > 1 else here

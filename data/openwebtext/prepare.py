@@ -78,6 +78,8 @@ def openwebtext(opts):
 
 
 if __name__ == "__main__":
+    from configurator import one_line_errors  # Ctrl-C, a full disk: one line, not a traceback
+    one_line_errors()
     if {"-h", "--help"} & set(sys.argv):
         print(__doc__)
         sys.exit(0)

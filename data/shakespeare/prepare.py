@@ -19,6 +19,8 @@ from prepare import read_input, write_files  # noqa: E402  (the same download-or
 here = os.path.dirname(os.path.abspath(__file__))
 
 if __name__ == "__main__":
+    from configurator import one_line_errors  # Ctrl-C, a full disk: one line, not a traceback
+    one_line_errors()
     text = read_input(here, sys.argv)
     import tiktoken
     try:

@@ -68,4 +68,6 @@ def prepare(text, folder):
 
 
 if __name__ == "__main__":
+    from configurator import one_line_errors  # Ctrl-C, a full disk: one line, not a traceback
+    one_line_errors()
     prepare(read_input(here, sys.argv), here)

@@ -33,6 +33,8 @@ def pairs(text):
 
 
 if __name__ == "__main__":
+    from configurator import one_line_errors  # Ctrl-C, a full disk: one line, not a traceback
+    one_line_errors()
     text = read_input(here, sys.argv)
     chars = sorted(set(text))
     stoi = {c: i for i, c in enumerate(chars)}

@@ -204,6 +204,8 @@ def split_counts(cfg):
 
 
 if __name__ == "__main__":
+    from configurator import one_line_errors  # Ctrl-C, a full disk: one line, not a traceback
+    one_line_errors()
     cfg = parse_args(sys.argv[1:], DEFAULTS)
     counts, seed = split_counts(cfg), to_int(cfg, "seed")
     lo, dash, hi = str(cfg["blanks"]).partition("-")
