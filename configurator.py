@@ -176,7 +176,7 @@ def check_memory(nbytes, what, device="cpu"):
 
 def one_line_errors():
     """Ctrl-C and a failing file system (disk full, no permission, a read-only disk) end a script with
-    one line and exit code 1, not a traceback. Every write of the project is all or nothing
+    one line and a non-zero exit (Ctrl-C: by SIGINT, as Python does), not a traceback. Every write of the project is all or nothing
     (tokenizer.write_files), so what was on disk before is still whole."""
     def hook(kind, e, tb):
         if "tqdm" in sys.modules and issubclass(kind, (KeyboardInterrupt, OSError)):  # the line after its bar
