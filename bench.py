@@ -21,11 +21,11 @@ import torch
 
 from configurator import (MAX_STEPS, NON_NEGATIVE, PATH, POSITIVE, SEED, TEMPERATURE, UNIT, check, check_device,
                           check_memory, configure, fail, one_of, rule)
-from eval import generated, load_judge, quality, val_prompts
-from families import load, options_of
+from eval import generated, load_judge, quality, score, task_records, val_prompts
+from families import load, options_of, pretrained
 from sample import cut_at_eos
-from tokenizer import dataset_dir, same_tokens
-from unmask import canvas
+from tokenizer import dataset_dir, load_meta, same_tokens
+from unmask import canvas, left_pad
 
 # -----------------------------------------------------------------------------
 what = "samplers"               # 'samplers' (masked diffusion's samplers), 'fast' (Fast-dLLM vs LLaDA) or 'fewstep'
@@ -40,8 +40,12 @@ block_length = 32
 threshold = 0.9
 factor = 1.0
 eta = 0.02                      # remdm's re-masking cap
-ar_out_dir = ""                 # fast: also another model's decoding (an AR one: greedy with its K/V cache) in the table
+other_dirs = ""                 # fast: other models' decodings too, comma-separated out_dirs (AR, block diffusion)
 split = "val"                   # fast, on a task (SFT records): the split whose prompts are answered
+init_from = ""                  # fast: a LLaDA checkpoint in the Hugging Face layout (folder or hub id), not out_dir
+dataset = ""                    # fast: the task its prompts come from (default: the checkpoint's own; with init_from)
+fewshot = 0                     # fast, on a task: the first k train records before each prompt (as eval.py)
+chat = False                    # fast, init_from: each prompt wrapped in the checkpoint's chat template
 step_counts = "8,16,32,64,256"  # fewstep: the numbers of sampling steps
 top_p = 1.0                     # fewstep, Duo: nucleus on the model's prediction (as sample.py)
 greedy_tail = True              # fewstep, Duo: one more forward at t = 0, the most likely tokens
@@ -59,17 +63,19 @@ def timed(f):
     return out, time.perf_counter() - t0
 
 
-def run(fns, prompts, seed=1337):
+def run(fns, prompts, seed=1337, pad=None):
     """Generate for each prompt alone with every fn(x, generator) -> (samples, NFE) in turn,
-    interleaved prompt by prompt so that a slow spell of a shared machine hits every method alike;
-    per fn: (samples (N, P + L), NFE per sample, seconds)."""
+    interleaved prompt by prompt so that a slow spell of a shared machine hits every method alike.
+    prompts: (N, P), left-padded by pad (N,) counts, each run without its padding. Per fn: (the tokens
+    written after each prompt (N, L), NFE per sample, seconds)."""
     res = [([], 0.0, 0.0) for _ in fns]
     for j in range(len(prompts)):
+        x = prompts[j:j + 1, 0 if pad is None else int(pad[j]):]
         for i, fn in enumerate(fns):
             g = torch.Generator(device=prompts.device).manual_seed(seed + j)
-            (out, n), dt = timed(lambda: fn(prompts[j:j + 1], g))
+            (out, n), dt = timed(lambda: fn(x, g))
             outs, nfe, secs = res[i]
-            res[i] = (outs + [out], nfe + n, secs + dt)
+            res[i] = (outs + [out[:, x.size(1):]], nfe + n, secs + dt)
     return [(torch.cat(outs), nfe / len(prompts), secs) for outs, nfe, secs in res]
 
 
@@ -98,8 +104,8 @@ def bench_samplers(model, fam, judge, prompts, L, *, block_length=32, temperatur
     rows = sampler_rows(L, block_length, eta)
     fns = [lambda x, g, s=steps, o=o: fam.generate(model, x, steps=s, gen_length=L, temperature=temperature, eos_id=eos,
                                                      generator=g, **o) for _, steps, o in rows]
-    for (name, steps, _), (samples, nfe, secs) in zip(rows, run(fns, prompts, seed)):
-        print(f"| {name} | {steps} | {nfe:.1f} | " + " | ".join(quality(judge, samples, P, eos))
+    for (name, steps, _), (gen, nfe, secs) in zip(rows, run(fns, prompts, seed)):
+        print(f"| {name} | {steps} | {nfe:.1f} | " + " | ".join(quality(judge, torch.cat([prompts, gen], 1), P, eos))
               + f" | {secs / len(prompts):.2f} |", flush=True)
 
 
@@ -119,42 +125,44 @@ def fast_rows(threshold, factor, eos):
 
 
 def bench_fast(model, fam, judge, prompts, Ls, *, block_length=32, temperature=0.0, threshold=0.9, factor=1.0,
-               seed=1337, eos=-1, answers=None, other=None):
+               seed=1337, eos=-1, accuracy=None, others=(), pad=None):
     """For each generation length: the baseline (LLaDA's sampler) and Fast-dLLM's caches and rules, with
     tok/s, NFE, speed-up, quality and agreement with the baseline's tokens; then the cost of one full
     forward against one dual-cache block step. Quality: gen PPL and entropy under the judge, or, for a
-    task (answers: the right answer of each prompt), exact-match accuracy. other: (name, model, family)
-    of another model decoding the same prompts in the same run (an AR one: greedy with its K/V cache)."""
+    task, accuracy(generated (N, L)) -> its exact-match cell. others: [(name, model, family)] of other
+    models decoding the same prompts in the same run, each by its family's sampler (an AR one: greedy with
+    its K/V cache; a block diffusion one: its exact cache and the threshold), on a canvas of at most L
+    that fits its context (both stop at EOS). pad: the prompts' left padding (run)."""
     P = prompts.size(1)
     rows = fast_rows(threshold, factor, eos)
 
-    def score(samples):
-        if answers is None:
-            return quality(judge, samples, P, eos)
-        right = [cut_at_eos(row[P:], eos, 0) == a for row, a in zip(samples.tolist(), answers)]
-        return [f"{100 * sum(right) / len(right):.1f}%"]
-    cols = "gen PPL | entropy" if answers is None else "accuracy"
+    def score(gen):
+        return quality(judge, torch.cat([prompts, gen], 1), P, eos) if accuracy is None else [accuracy(gen)]
+    cols = "gen PPL | entropy" if accuracy is None else "accuracy"
     print(f"| L | method | tok/s | NFE | speed-up | tokens/sample | {cols} | agree |")
-    print("| --- " * (8 + (answers is None)) + "|")
+    print("| --- " * (8 + (accuracy is None)) + "|")
     for L in Ls:  # one length at a time, every method on the same prompts, the baseline first
         opts = dict(steps=L, gen_length=L, block_length=block_length, temperature=temperature, eos_id=eos)
         fns = [lambda x, g, o=o: fam.generate(model, x, generator=g, **opts, **o) for _, o in rows]
         names = [name for name, _ in rows]
-        if other is not None:
-            name, net2, fanet2 = other
-            names.append(f"{name} ({fanet2.describe()})")
-            fns.append(lambda x, g: fanet2.generate(net2, x, gen_length=L, temperature=temperature, eos_id=eos, generator=g))
-        for i, (name, (samples, nfe, secs)) in enumerate(zip(names, run(fns, prompts, seed))):
-            tokens = int(generated(samples, P, eos).sum())  # before the first EOS, as the output is cut
+        for name, net2, fam2 in others:
+            L2 = min(L, net2.config.block_size - P)
+            o2 = options_of(fam2.sample_options, dict(steps=L2, threshold=threshold, cache="dual"))
+            names.append(f"{name} ({fam2.describe(**o2)}{'' if L2 == L else f', L = {L2}'})")
+            fns.append(lambda x, g, net2=net2, fam2=fam2, L2=L2, o2=o2: fam2.generate(
+                net2, x, gen_length=L2, temperature=temperature, eos_id=eos, generator=g, **o2))
+        for i, (name, (gen, nfe, secs)) in enumerate(zip(names, run(fns, prompts, seed, pad))):
+            tokens = int(generated(gen, 0, eos).sum())  # before the first EOS, as the output is cut
             if i == 0:
-                base, base_tok_s = samples, tokens / secs
-            agree = (samples[:, P:] == base[:, P:]).float().mean().item()
+                base, base_tok_s = gen, tokens / secs
+            n = min(gen.size(1), base.size(1))
+            agree = (gen[:, :n] == base[:, :n]).float().mean().item()
             print(f"| {L} | {name} | {tokens / secs:.1f} | {nfe:.1f} | {tokens / secs / base_tok_s:.1f}x | "
-                  f"{tokens / len(prompts):.0f} | " + " | ".join(score(samples)) + f" | {agree:.2f} |", flush=True)
+                  f"{tokens / len(prompts):.0f} | " + " | ".join(score(gen)) + f" | {agree:.2f} |", flush=True)
     print("\n| L | one forward: all P + L positions | one block with the dual cache | ratio |")
     print("| --- | --- | --- | --- |")
     for L in Ls:  # what a baseline step and a cached step cost (medians of 20, batch 1)
-        full, step = forward_costs(model, prompts[:1], L, block_length)
+        full, step = forward_costs(model, prompts[:1, 0 if pad is None else int(pad[0]):], L, block_length)
         print(f"| {L} | {full:.1f} ms | {step:.1f} ms | {full / step:.1f} |")
 
 
@@ -246,20 +254,32 @@ def samplers_main(model, fam, ckpt, judge_model, data_dir, opts):
 
 
 def fast_main(model, fam, ckpt, judge_model, data_dir, opts):
-    task = ckpt["meta"].get("task")
-    other = None
-    if ar_out_dir:
-        (name, net2, fanet2, _), = load_models(ar_out_dir, ckpt["meta"])
-        other = (name, net2, fanet2)
+    meta, eos = ckpt["meta"], opts["eos"]
+    task, pad, accuracy = load_meta(data_dir).get("task"), None, None
     Ls = parse_lengths(lengths)
-    prompts, follow = val_prompts(data_dir, prompt_len + max(Ls), num_samples, prompt_len, split)
+    if task:  # num_samples records evenly spaced over the split, in the model's tokens, left-padded to one length
+        records, stop, smeta = task_records(data_dir, split, meta, model.config.block_size, 0, fewshot, chat)
+        records = [records[i] for i in torch.linspace(0, len(records) - 1, min(num_samples, len(records))).long()]
+        prompts, pad = left_pad([p for p, _, _ in records], eos)
+
+        def accuracy(gen):
+            answers = [cut_at_eos(row, eos, 0) for row in gen.tolist()]
+            return f"{100 * score(answers, [r for _, r, _ in records], records, smeta, stop)['exact']:.1f}%"
+    else:
+        prompts, _ = val_prompts(data_dir, prompt_len + max(Ls), num_samples, prompt_len, split)
+    others = []
+    for d in [d for d in other_dirs.split(",") if d]:
+        net2, ck2, fam2 = load(d, device)
+        if not same_tokens(ck2["meta"], meta):
+            fail(f"{d} reads other tokens than {init_from or out_dir}: it cannot answer the same prompts")
+        others.append((d, net2.eval(), fam2))
     P = prompts.size(1)
     Ls = [L for L in Ls if P + L <= model.config.block_size]
     if not Ls:
         fail(f"no length in {lengths} fits the model's context of {model.config.block_size} with a {P}-token prompt")
     bench_fast(model, fam, judge_model, prompts.to(device), Ls, threshold=threshold, factor=factor,
-               answers=follow if task else None, other=other, **opts)
-    print(f"\n{len(prompts)} prompts of {P} tokens, one at a time; steps = L, blocks of {block_length}, "
+               accuracy=accuracy, others=others, pad=pad, **opts)
+    print(f"\n{len(prompts)} prompts of {'up to ' if pad is not None else ''}{P} tokens, one at a time; steps = L, blocks of {block_length}, "
           f"temperature {temperature}, low-confidence remasking; tok/s: generated tokens before the first EOS "
           f"per second; speed-up: over the baseline's tok/s in this run; agree: the fraction of generated "
           f"positions equal to the baseline's. {'Task: ' + task + ', ' + split + ' split' if task else 'Judge: ' + judge}. "
@@ -276,6 +296,8 @@ if __name__ == "__main__":
                                            f"comma-separated positive integers up to {MAX_STEPS:,}"),
                           out_dir=PATH, judge=PATH, temperature=TEMPERATURE, block_length=POSITIVE, threshold=UNIT, factor=NON_NEGATIVE,
                           eta=UNIT, seed=SEED, top_p=rule(lambda v: 0 < v <= 1, "in (0, 1]")))
+    if init_from and what != "fast":
+        fail("--init_from is for --what=fast (a pretrained model answering a task: --dataset=gsm8k)")
     if what != "fewstep" and "," in out_dir:
         fail(f"--out_dir={out_dir!r}: one checkpoint for --what={what} (several only for --what=fewstep)")
     if not all(out_dir.split(",")):
@@ -286,20 +308,26 @@ if __name__ == "__main__":
         if what == "fewstep":
             fewstep_main()
             sys.exit(0)
-        (_, model, fam, ckpt), = load_models(out_dir)
+        if init_from:
+            model, ckpt, fam = pretrained(init_from, device)
+            model.eval()
+        else:
+            (_, model, fam, ckpt), = load_models(out_dir)
         needs = {"samplers": ("sampler", "remasking", "eta"), "fast": ("fast", "cache", "threshold", "factor")}[what]
         if set(needs) - set(fam.sample_options):
             fail(f"--what={what} compares masked diffusion's samplers; {out_dir}'s family has other options "
                  f"({', '.join(fam.sample_options) or 'none'}): use --what=fewstep")
         for L in [gen_length] if what == "samplers" else parse_lengths(lengths):
             fam.check_sampling(steps=L, gen_length=L, block_length=block_length)
-        task = ckpt["meta"].get("task")  # a task is scored by its answers: no judge needed
+        data_dir = dataset_dir(dataset or ckpt["config"]["dataset"])
+        task = load_meta(data_dir).get("task")  # a task is scored by its answers: no judge needed
+        if init_from and not task:  # its own tokenizer: no judge of this project reads its text
+            fail(f"--init_from answers a task's prompts: --dataset=gsm8k (or another task), not {dataset or 'none'}")
         if task and what != "fast":
             fail(f"{out_dir} was trained on a task ({task}): --what=fast, or eval.py --mode=accuracy")
         judge_model = None if task else load_judge(judge, device, ckpt["meta"])[0]
         opts = dict(block_length=block_length, temperature=temperature, seed=seed, eos=ckpt["meta"].get("eos_id", -1))
         torch.manual_seed(seed)
-        (samplers_main if what == "samplers" else fast_main)(model, fam, ckpt, judge_model,
-                                                             dataset_dir(ckpt["config"]["dataset"]), opts)
+        (samplers_main if what == "samplers" else fast_main)(model, fam, ckpt, judge_model, data_dir, opts)
     except ValueError as e:
         fail(e)

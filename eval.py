@@ -188,6 +188,20 @@ def in_tokens_of(records, task_meta, meta, shots=(), chat=False):
     return [(enc(wrap(prefix + p)), enc(r), []) for p, r in text], stop
 
 
+def task_records(data_dir, split, meta, block_size, n=0, fewshot=0, chat=False):
+    """(records, stop, meta) of a task for a model (meta: its checkpoint's): the split's first n records
+    (0: all) whose prompts fit block_size, in the model's tokens (in_tokens_of, when they are not the task's
+    or examples or chat are asked for), and the meta their answers are scored with (the task's name added)."""
+    task_meta = load_meta(data_dir)
+    records = load_sft(data_dir, split, block_size, task_meta["vocab_size"])
+    records, stop = records[:n or len(records)], ""
+    if fewshot or chat or not same_tokens(task_meta, meta):
+        shots = load_sft(data_dir, "train", block_size, task_meta["vocab_size"])[:fewshot]
+        records, stop = in_tokens_of(records, task_meta, meta, shots, chat)
+        records = [r for r in records if len(r[0]) < block_size]
+    return records, stop, dict(meta, task=task_meta.get("task"))
+
+
 def score(answers, targets, records, meta, stop=""):
     """{'exact': fraction right, and for Sudoku 'cells': blanks filled right, 'valid': valid grids}. stop:
     a GSM8K answer is read up to this text (lm-eval's generation stop, 'Question:' after few-shot examples)."""
@@ -273,15 +287,8 @@ def accuracy_main():
         model, ckpt, fam = pretrained(out_dir, device) if init_from else load(out_dir, device)
         meta = ckpt["meta"]
         get_codec(meta)  # the answers are decoded to be scored: a tokenizer that cannot load stops us before the work
-        data_dir = dataset_dir(dataset or ckpt["config"]["dataset"])
-        task_meta = load_meta(data_dir)
-        records = load_sft(data_dir, split, model.config.block_size, task_meta["vocab_size"])
-        records, stop = records[:max_records or len(records)], ""
-        if fewshot or chat or not same_tokens(task_meta, meta):  # the task's text in the model's tokens
-            shots = load_sft(data_dir, "train", model.config.block_size, task_meta["vocab_size"])[:fewshot]
-            records, stop = in_tokens_of(records, task_meta, meta, shots, chat)
-            records = [r for r in records if len(r[0]) < model.config.block_size]
-            meta = dict(meta, task=task_meta.get("task"))
+        records, stop, meta = task_records(dataset_dir(dataset or ckpt["config"]["dataset"]), split, meta,
+                                           model.config.block_size, max_records, fewshot, chat)
         if not records:
             fail(f"{out_dir}'s dataset has no {split} record that fits its context")
         opts = options_of(fam.sample_options, task)

@@ -3,11 +3,13 @@ import torch
 
 import bench
 from ar import AR
+from bd3 import BD3
 from conftest import TINY_TRAIN, run, tiny_model
 from diffusion import MDLM, generate_ancestral
 from duo import Duo
 from eval import entropy, gen_ppl, generated, quality
 from sample import cut_at_eos
+from unmask import left_pad
 
 EOS = 10
 
@@ -37,7 +39,8 @@ def test_fast_table_rows_speak_for_their_methods(capsys):
         # the baseline row is LLaDA's sampler, one prompt at a time, scored by the judge
         (samples, nfe, _), = bench.run([lambda x, g: MDLM.generate(model, x, steps=L, gen_length=L, block_length=8,
                                                                    temperature=1.0, eos_id=EOS, generator=g)], prompts, 5)
-        assert base[6:8] == quality(judge, samples, 8, EOS) and int(base[5]) == round(int(generated(samples, 8, EOS).sum()) / 3)
+        assert base[6:8] == quality(judge, torch.cat([prompts, samples], 1), 8, EOS)
+        assert int(base[5]) == round(int(generated(samples, 0, EOS).sum()) / 3)
     costs = rows(out, 1)  # ms of a full forward and of a dual-cache block step, per length
     assert [r[0] for r in costs] == ["16", "32"]
 
@@ -54,7 +57,7 @@ def test_sampler_table_rows_are_the_samplers_they_name(capsys):
         (samples, nfe, _), = bench.run([lambda x, g: MDLM.generate(model, x, steps=steps, gen_length=16, temperature=1.0,
                                                                    generator=g, **opts)], prompts, 3)
         row, = [r for r in table if r[0] == name and int(r[1]) == steps]
-        assert float(row[2]) == round(nfe, 1) and row[3:5] == quality(judge, samples, 8)
+        assert float(row[2]) == round(nfe, 1) and row[3:5] == quality(judge, torch.cat([prompts, samples], 1), 8)
     assert all(float(r[2]) == int(r[1]) for r in table if r[0].startswith("llada"))  # one forward per step
 
 
@@ -64,7 +67,7 @@ def test_run_interleaves_with_a_generator_per_prompt():
     def fn(tag):
         def f(x, g):
             calls.append((tag, x[0, 0].item()))
-            return x + torch.randint(0, 100, (1,), generator=g), 2.0 if tag == "a" else 3.0
+            return torch.cat([x, x + torch.randint(0, 100, (1,), generator=g)], 1), 2.0 if tag == "a" else 3.0
         return f
     prompts = torch.tensor([[10], [20], [30]])
     (sa, nfe_a, _), (sb, nfe_b, _) = bench.run([fn("a"), fn("b")], prompts, seed=7)
@@ -89,24 +92,44 @@ def test_bench_cli(tiny_data, tiny_judge, tmp_path):
     assert r.returncode != 0 and "no length" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
-def test_fast_table_on_a_task_has_accuracy_and_an_ar_row(capsys):
+def test_fast_table_on_a_task_has_accuracy_and_rows_of_other_models(capsys):
+    """The fast table's accuracy cells and its AR and block diffusion rows are what the same decodings score."""
     model, ar_model = tiny_model(T=40), tiny_model(causal=True, T=40)
+    bd3_model = tiny_model(T=40, bd3_block=4)
     prompts = torch.randint(0, 10, (3, 8), generator=torch.Generator().manual_seed(2))
     kw = dict(steps=16, gen_length=16, block_length=8, temperature=0.0, eos_id=EOS)
     (base, _, _), = bench.run([lambda x, g: MDLM.generate(model, x, generator=g, **kw)], prompts, 5)
-    answers = [cut_at_eos(base[0, 8:].tolist(), EOS, 0), [4, 5], [6]]  # the baseline gets the first one right
+    assert base.shape == (3, 16)  # what each prompt is followed by
+    answers = [cut_at_eos(base[0].tolist(), EOS, 0), [4, 5], [6]]  # the baseline gets the first one right
+
+    def accuracy(gen):
+        return f"{100 * sum(cut_at_eos(r, EOS, 0) == a for r, a in zip(gen.tolist(), answers)) / 3:.1f}%"
     bench.bench_fast(model, MDLM, None, prompts, [16], block_length=8, temperature=0.0, threshold=0.2, seed=5, eos=EOS,
-                     answers=answers, other=("ar", ar_model, AR))
+                     accuracy=accuracy, others=[("ar", ar_model, AR), ("bd3", bd3_model, BD3)])
     table = rows(capsys.readouterr().out)
-    assert [r[1] for r in table][-1] == "ar (AR, K/V cache)" and len(table) == 9
-    (samples, _, _), = bench.run([lambda x, g: AR.generate(ar_model, x, gen_length=16, temperature=0.0, eos_id=EOS,
-                                                           generator=g)], prompts, 5)
-    for got, row in [(base, table[0]), (samples, table[-1])]:
-        right = [cut_at_eos(r[8:], EOS, 0) == a for r, a in zip(got.tolist(), answers)]
-        assert row[6] == f"{100 * sum(right) / 3:.1f}%"
+    assert [r[1] for r in table][-2:] == ["ar (AR, K/V cache)", "bd3 (bd3, block K/V cache, threshold 0.2)"]
+    assert len(table) == 10
+    (samples, _, _), (blocks, _, _) = bench.run(
+        [lambda x, g: AR.generate(ar_model, x, gen_length=16, temperature=0.0, eos_id=EOS, generator=g),
+         lambda x, g: BD3.generate(bd3_model, x, gen_length=16, steps=16, threshold=0.2, temperature=0.0, eos_id=EOS,
+                                   generator=g)], prompts, 5)
+    for got, row in [(base, table[0]), (samples, table[-2]), (blocks, table[-1])]:
+        assert row[6] == accuracy(got)
     assert table[0][6] == "33.3%"
-    n_tok = generated(samples, 8, EOS).sum(1)  # an AR row: one forward per token written, its EOS included
-    assert float(table[-1][3]) == round((n_tok + 1).clamp(max=16).float().mean().item(), 1)
+    n_tok = generated(samples, 0, EOS).sum(1)  # an AR row: one forward per token written, its EOS included
+    assert float(table[-2][3]) == round((n_tok + 1).clamp(max=16).float().mean().item(), 1)
+
+
+def test_run_drops_each_prompts_left_padding():
+    """A left-padded prompt is run alone without its padding: the tokens after it are those of the bare prompt."""
+    model = tiny_model(T=40)
+    kw = dict(steps=8, gen_length=8, block_length=8, temperature=0.0)
+    short, long = [1, 2, 3], [4, 5, 6, 7, 8, 9]
+    x, pad = left_pad([short, long], EOS)
+    (gen, _, _), = bench.run([lambda x, g: MDLM.generate(model, x, generator=g, **kw)], x, 5, pad)
+    for i, p in enumerate([short, long]):
+        alone, _ = MDLM.generate(model, torch.tensor([p]), generator=torch.Generator().manual_seed(5 + i), **kw)
+        assert gen[i].tolist() == alone[0, len(p):].tolist()
 
 
 def test_fewstep_table_matches_a_recomputation(capsys):
