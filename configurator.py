@@ -11,11 +11,17 @@ a failing disk (one_line_errors).
 """
 
 import ast
+import atexit
 import importlib
 import json
 import math
 import os
 import sys
+
+try:
+    import fcntl  # out_dir's lock (POSIX); on Windows a run does not lock its out_dir
+except ImportError:
+    fcntl = None
 
 
 def cast(key, val, default, where):
@@ -233,3 +239,23 @@ def read_json(path, what):
         return out
     except (ValueError, AssertionError, UnicodeDecodeError) as e:
         raise ValueError(f"{path} is not valid JSON ({type(e).__name__}: {str(e)[:100]})")
+
+
+def own(folder):
+    """Make folder this run's own before anything is written: create it (and remove it again at exit if
+    the run leaves it empty: a failed run leaves nothing behind) and lock it, so that a second run into
+    the same out_dir stops with one line instead of replacing this run's checkpoint. The lock (flock on
+    the folder itself, no lock file) is released by the OS however the process ends, even by kill -9."""
+    if not os.path.isdir(folder):
+        os.makedirs(folder)
+        atexit.register(lambda: os.path.isdir(folder) and not os.listdir(folder) and os.rmdir(folder))
+    if fcntl is None:
+        return None
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fail(f"--out_dir={folder} is in use by another train.py run: wait for it to end or choose another --out_dir")
+    except OSError:  # a file system without locks (some network mounts): the run goes on unlocked
+        return None
+    return fd

@@ -43,8 +43,8 @@ from diffusion import SAMPLERS
 from families import load, options_of, pretrained
 from fast_sample import CACHES
 from sample import cut_at_eos
-from tokenizer import (as_pair, chat_prompt, check_stream, dataset_dir, get_codec, load_meta, load_sft,
-                       same_tokens, write_files)
+from tokenizer import (as_pair, check_stream, dataset_dir, get_codec, load_meta, load_sft, recode, same_tokens,
+                       write_files)
 from unmask import REMASKING, left_pad
 
 
@@ -168,36 +168,16 @@ def answer_records(model, fam, records, meta, *, batch_size=64, gen_length=0, ge
     return answers, targets, nfe / max(1, len(records)), time.perf_counter() - t0
 
 
-def in_tokens_of(records, task_meta, meta, shots=(), chat=False):
-    """A task's records (prepared with the task's tokenizer) as prompts and answers in a model's tokens:
-    each decoded to text and encoded again. shots: records placed before every prompt as worked examples,
-    prompt + answer, separated by blank lines (lm-eval's few-shot format); for a pretrained model (its own
-    tokenizer) the prompt also loses its trailing whitespace, which the answer's first token carries
-    ('Question: ...\nAnswer:', as lm-eval asks), and with chat it is wrapped in the chat template. Infilling
-    records (holes) have no text form here. Returns (records, stop): stop, the text every prompt starts
-    with, is where a few-shot answer ends (the model going on to write the next example)."""
-    dec, enc = get_codec(task_meta)[1], get_codec(meta)[0]
-    if any(h for _, _, h in records):
-        raise ValueError("infilling records (holes in the prompt) cannot change tokenizer or take examples")
-    text = [(dec(p), dec(r)) for p, r, _ in records]
-    if not same_tokens(task_meta, meta):
-        text = [(p.rstrip(), r) for p, r in text]
-    prefix = "".join(dec(p) + dec(r) + "\n\n" for p, r, _ in shots)
-    wrap = (lambda t: chat_prompt(meta, t)) if chat else (lambda t: t)
-    stop = os.path.commonprefix([p for p, _ in text]).strip() if shots else ""
-    return [(enc(wrap(prefix + p)), enc(r), []) for p, r in text], stop
-
-
 def task_records(data_dir, split, meta, block_size, n=0, fewshot=0, chat=False):
     """(records, stop, meta) of a task for a model (meta: its checkpoint's): the split's first n records
-    (0: all) whose prompts fit block_size, in the model's tokens (in_tokens_of, when they are not the task's
+    (0: all) whose prompts fit block_size, in the model's tokens (recode, when they are not the task's
     or examples or chat are asked for), and the meta their answers are scored with (the task's name added)."""
     task_meta = load_meta(data_dir)
     records = load_sft(data_dir, split, block_size, task_meta["vocab_size"])
     records, stop = records[:n or len(records)], ""
     if fewshot or chat or not same_tokens(task_meta, meta):
         shots = load_sft(data_dir, "train", block_size, task_meta["vocab_size"])[:fewshot]
-        records, stop = in_tokens_of(records, task_meta, meta, shots, chat)
+        records, stop = recode(records, task_meta, meta, shots, chat)
         records = [r for r in records if len(r[0]) < block_size]
     return records, stop, dict(meta, task=task_meta.get("task"))
 

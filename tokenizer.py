@@ -168,6 +168,26 @@ def chat_prompt(meta, text):
         raise ValueError(f"{meta['path']}/tokenizer_config.json: the chat template fails ({type(e).__name__}: {e})")
 
 
+def recode(records, task_meta, meta, shots=(), chat=False):
+    """A task's records (prepared with the task's tokenizer) as prompts and answers in a model's tokens:
+    each decoded to text and encoded again. shots: records placed before every prompt as worked examples,
+    prompt + answer, separated by blank lines (lm-eval's few-shot format); for a pretrained model (its own
+    tokenizer) the prompt's trailing whitespace moves to the answer, whose first token carries it
+    ('Question: ...\nAnswer:', as lm-eval asks), and with chat it is wrapped in the chat template. Infilling
+    records (holes) have no text form here. Returns (records, stop): stop, the text every prompt starts
+    with, is where a few-shot answer ends (the model going on to write the next example)."""
+    dec, enc = get_codec(task_meta)[1], get_codec(meta)[0]
+    if any(h for _, _, h in records):
+        raise ValueError("infilling records (holes in the prompt) cannot change tokenizer or take examples")
+    text = [(dec(p), dec(r)) for p, r, _ in records]
+    if not same_tokens(task_meta, meta):  # the prompt's trailing space goes to the answer
+        text = [(p.rstrip(), p[len(p.rstrip()):] + r) for p, r in text]
+    prefix = "".join(dec(p) + dec(r) + "\n\n" for p, r, _ in shots)
+    wrap = (lambda t: chat_prompt(meta, t)) if chat else (lambda t: t)
+    stop = os.path.commonprefix([p for p, _ in text]).strip() if shots else ""
+    return [(enc(wrap(prefix + p)), enc(r), []) for p, r in text], stop
+
+
 def check_stream(data_dir, split, vocab_size):
     """The number of tokens of a split's token stream, {split}.bin (uint16 ids, no header), checked once
     when it is opened: ValueError, in one line, when it is missing, is not a whole number of uint16s, or

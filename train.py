@@ -19,7 +19,6 @@ This script looks it up once ("the family" below) and never looks inside a batch
     python train.py config/shakespeare_bd3.py                   # block diffusion (BD3-LM)
 """
 
-import atexit
 import copy
 import math
 import os
@@ -37,21 +36,18 @@ from tqdm import tqdm
 
 import diffusion
 from configurator import (NON_NEGATIVE, PATH, POSITIVE, SEED, UNIT_OPEN, cast, check, check_device, check_memory,
-                          check_writable, command_line_keys, configure, fail, one_of, rule)
-from families import FAMILIES
+                          check_writable, command_line_keys, configure, fail, one_of, own, rule)
+from families import FAMILIES, pretrained
 from model import GPT, GPTConfig, load_checkpoint
-from tokenizer import check_stream, dataset_dir, load_meta, load_sft, same_tokens, write_files
+from tokenizer import check_stream, dataset_dir, load_meta, load_sft, recode, same_tokens, write_files
 
-try:
-    import fcntl  # out_dir's lock (POSIX); on Windows a run does not lock its out_dir
-except ImportError:
-    fcntl = None
 
 # -----------------------------------------------------------------------------
 # defaults: a small character-level masked diffusion model on Tiny Shakespeare
 # I/O
 out_dir = "out-shakespeare-char"
-init_from = "scratch"   # 'scratch', 'resume' (from out_dir/ckpt.pt), or a checkpoint to fine-tune (SFT) from
+init_from = "scratch"   # 'scratch', 'resume' (from out_dir/ckpt.pt), or a checkpoint to fine-tune (SFT) from:
+                        # an out_dir, or a LLaDA folder in the Hugging Face layout (config.json, *.safetensors)
 eval_interval = 250     # evaluate (and checkpoint) every this many steps, and at the end
 eval_iters = 20         # val batches per evaluation: the same windows and masks every time
 log_interval = 0        # >0: also print the training loss every this many steps
@@ -161,26 +157,6 @@ if gradient_accumulation_steps > world and gradient_accumulation_steps % world:
 check_writable(out_dir, "out_dir", folder=True)
 
 
-def own(folder):
-    """Make folder this run's own before anything is written: create it (and remove it again at exit if
-    the run leaves it empty: a failed run leaves nothing behind) and lock it, so that a second run into
-    the same out_dir stops with one line instead of replacing this run's checkpoint. The lock (flock on
-    the folder itself, no lock file) is released by the OS however the process ends, even by kill -9."""
-    if not os.path.isdir(folder):
-        os.makedirs(folder)
-        atexit.register(lambda: os.path.isdir(folder) and not os.listdir(folder) and os.rmdir(folder))
-    if fcntl is None:
-        return None
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        fail(f"--out_dir={folder} is in use by another train.py run: wait for it to end or choose another --out_dir")
-    except OSError:  # a file system without locks (some network mounts): the run goes on unlocked
-        return None
-    return fd
-
-
 if not eval_only and int(os.environ.get("RANK", 0)) == 0:  # the master writes out_dir; --eval_only only reads
     out_dir_lock = own(out_dir)
 if init_from != "resume" and not eval_only and not overwrite and os.path.exists(ckpt_path):
@@ -229,9 +205,21 @@ try:
     fam.check(config, meta, sft)  # what the family cannot train on
 except ValueError as e:
     fail(e)
+pre = None  # a pretrained model in the Hugging Face layout (LLaDA) to fine-tune: it reads its own tokens
+if init_from not in ("scratch", "resume") and os.path.isfile(os.path.join(init_from, "config.json")) and not sft:
+    fail(f"--init_from={init_from} has a tokenizer of its own: it fine-tunes on SFT records, not {dataset}'s stream")
 if sft:  # (prompt, response[, holes]) records: tokenizer.py's SFT contract
     try:
         pairs = {split: load_sft(data_dir, split, block_size, meta["vocab_size"]) for split in ("train", "val")}
+        if init_from not in ("scratch", "resume") and os.path.isfile(os.path.join(init_from, "config.json")):
+            pre = pretrained(init_from, device)  # (model, ckpt, family); the records' text in its tokens:
+            pairs = {s: [r for r in recode(rs, meta, pre[1]["meta"])[0] if len(r[0]) < block_size]
+                     for s, rs in pairs.items()}
+            meta, mask_id = dict(pre[1]["meta"], task=meta.get("task")), pre[0].config.mask_id
+            pre[0].float()  # trained in float32 (autocast computes in bf16); its shape, not a config file's
+            shape = {k: getattr(pre[0].config, k) for k in ("n_layer", "n_head", "n_embd")}
+            config.update({k: v for k, v in shape.items() if k not in command_line_keys()})
+            globals().update({k: config[k] for k in ("n_layer", "n_head", "n_embd")})
     except ValueError as e:
         fail(e)
     if not pairs["train"] or not pairs["val"]:
@@ -323,7 +311,8 @@ def from_checkpoint(path):
     the options: the model keeps its objective and shape, so an option that says otherwise is a mistake
     (it would be ignored and then written into the new checkpoint's config)."""
     try:
-        model, ck = load_checkpoint(path, device, ema=init_from != "resume")  # resume the raw weights, fine-tune the EMA
+        # resume the raw weights, fine-tune the EMA (a pretrained folder: loaded with the data)
+        model, ck = pre[:2] if pre else load_checkpoint(path, device, ema=init_from != "resume")
     except ValueError as e:
         fail(e)
     was = ck["config"].get("objective")
