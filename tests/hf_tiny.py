@@ -34,12 +34,12 @@ VOCAB = 288  # [MASK] is not the last id, as in LLaDA (126336 of 126464)
 # Llama-3 style, as LLaDA-Instruct's: bos before the first message, each message's content trimmed
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
-    "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim"
+    "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim"
     " + '<|eot_id|>' %}"
     "{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}"
     "{{ content }}"
     "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}")
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}")
 
 
 def byte_symbols():
@@ -114,7 +114,7 @@ def tiny_weights(cfg, seed=0, dtype=torch.float32):
         W[p + "attn_norm.weight"] = gain(d)
         for name in ("q_proj", "k_proj"):
             W[p + name + ".weight"] = randn(d, d, std=2.0 / math.sqrt(d))
-        W[p + "v_proj.weight"] = randn(d, d, std=1.0 / math.sqrt(d))
+        W[p + "v_proj.weight"] = randn(d, d, std=2.0 / math.sqrt(d))
         W[p + "attn_out.weight"] = randn(d, d, std=1.0 / math.sqrt(d))
         W[p + "ff_norm.weight"] = gain(d)
         W[p + "ff_proj.weight"] = randn(hidden, d, std=1.0 / math.sqrt(d))  # the gate: SiLU is applied to it
