@@ -11,6 +11,8 @@ a failing disk (one_line_errors).
 """
 
 import ast
+import importlib
+import json
 import math
 import os
 import sys
@@ -209,3 +211,25 @@ def check_writable(path, key, folder=False):
     if (os.path.exists(path) and not os.access(path, os.W_OK)) or not os.path.isdir(where) \
             or not os.access(where, os.W_OK):
         fail(f"--{key}={path!r} cannot be written")
+
+
+def need(module, purpose):
+    """Import an optional package (the Hugging Face path only), or ValueError with the pip command."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        pip = module.split(".")[0].replace("_", "-")
+        raise ValueError(f"{purpose} needs the {pip} package: pip install {pip}")
+
+
+def read_json(path, what):
+    """A JSON object from a file; ValueError in one line when it is missing (saying what it is) or is not one."""
+    if not os.path.isfile(path):
+        raise ValueError(f"{path} not found: {what}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            out = json.load(f)
+        assert isinstance(out, dict), "not a JSON object"
+        return out
+    except (ValueError, AssertionError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({type(e).__name__}: {str(e)[:100]})")

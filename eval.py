@@ -40,11 +40,11 @@ from ar import token_nll
 from configurator import (NON_NEGATIVE, PATH, POSITIVE, SEED, STEPS, TEMPERATURE, UNIT, check, check_device,
                           check_memory, check_writable, command_line_keys, configure, fail, one_of)
 from diffusion import SAMPLERS
-from families import load, options_of
+from families import load, options_of, pretrained
 from fast_sample import CACHES
 from sample import cut_at_eos
-from tokenizer import (as_pair, check_stream, dataset_dir, get_codec, load_meta, load_sft, same_tokens,
-                       write_files)
+from tokenizer import (as_pair, chat_prompt, check_stream, dataset_dir, get_codec, load_meta, load_sft,
+                       same_tokens, write_files)
 from unmask import REMASKING, left_pad
 
 
@@ -168,11 +168,35 @@ def answer_records(model, fam, records, meta, *, batch_size=64, gen_length=0, ge
     return answers, targets, nfe / max(1, len(records)), time.perf_counter() - t0
 
 
-def score(answers, targets, records, meta):
-    """{'exact': fraction right, and for Sudoku 'cells': blanks filled right, 'valid': valid grids}."""
+def in_tokens_of(records, task_meta, meta, shots=(), chat=False):
+    """A task's records (prepared with the task's tokenizer) as prompts and answers in a model's tokens:
+    each decoded to text and encoded again. shots: records placed before every prompt as worked examples,
+    prompt + answer, separated by blank lines (lm-eval's few-shot format); for a pretrained model (its own
+    tokenizer) the prompt also loses its trailing whitespace, which the answer's first token carries
+    ('Question: ...\nAnswer:', as lm-eval asks), and with chat it is wrapped in the chat template. Infilling
+    records (holes) have no text form here. Returns (records, stop): stop, the text every prompt starts
+    with, is where a few-shot answer ends (the model going on to write the next example)."""
+    dec, enc = get_codec(task_meta)[1], get_codec(meta)[0]
+    if any(h for _, _, h in records):
+        raise ValueError("infilling records (holes in the prompt) cannot change tokenizer or take examples")
+    text = [(dec(p), dec(r)) for p, r, _ in records]
+    if not same_tokens(task_meta, meta):
+        text = [(p.rstrip(), r) for p, r in text]
+    prefix = "".join(dec(p) + dec(r) + "\n\n" for p, r, _ in shots)
+    wrap = (lambda t: chat_prompt(meta, t)) if chat else (lambda t: t)
+    stop = os.path.commonprefix([p for p, _ in text]).strip() if shots else ""
+    return [(enc(wrap(prefix + p)), enc(r), []) for p, r in text], stop
+
+
+def score(answers, targets, records, meta, stop=""):
+    """{'exact': fraction right, and for Sudoku 'cells': blanks filled right, 'valid': valid grids}. stop:
+    a GSM8K answer is read up to this text (lm-eval's generation stop, 'Question:' after few-shot examples)."""
     decode = get_codec(meta)[1]
     if meta.get("task") == "gsm8k":
-        right = [extract_answer(decode(a)) == extract_answer(decode(t)) for a, t in zip(answers, targets)]
+        cut = (lambda s: s.split(stop)[0]) if stop else (lambda s: s)
+        right = [extract_answer(cut(decode(a))) == extract_answer(decode(t)) for a, t in zip(answers, targets)]
+    elif meta["tokenizer"] == "hf":  # re-encoded answers: the same text may take other tokens
+        right = [decode(a).strip() == decode(t).strip() for a, t in zip(answers, targets)]
     else:
         right = [a == t for a, t in zip(answers, targets)]
     out = dict(exact=sum(right) / max(1, len(right)))
@@ -225,6 +249,10 @@ fast = False
 cache = "dual"
 threshold = 0.9
 factor = 0.0
+init_from = ""                  # accuracy: a LLaDA checkpoint in the Hugging Face layout (folder or hub id), not --ckpts
+dataset = ""                    # accuracy: the task answered (default: each checkpoint's own; needed with --init_from)
+fewshot = 0                     # accuracy: the first k train records before each prompt as worked examples (lm-eval)
+chat = False                    # accuracy, --init_from: each prompt wrapped in the checkpoint's chat template
 order = ""                      # write the step at which each blank of the first record was filled to this file
 seed = 1337
 device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -241,12 +269,19 @@ def accuracy_main():
                 remasking=remasking if "remasking" in typed else "low_confidence")
     print("| model | sampler | records | exact | cells | valid grids | NFE | answer tok/s |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    for out_dir in ckpts.split(","):
-        model, ckpt, fam = load(out_dir, device)
+    for out_dir in [init_from] if init_from else ckpts.split(","):
+        model, ckpt, fam = pretrained(out_dir, device) if init_from else load(out_dir, device)
         meta = ckpt["meta"]
         get_codec(meta)  # the answers are decoded to be scored: a tokenizer that cannot load stops us before the work
-        records = load_sft(dataset_dir(ckpt["config"]["dataset"]), split, model.config.block_size, meta["vocab_size"])
-        records = records[:max_records or len(records)]
+        data_dir = dataset_dir(dataset or ckpt["config"]["dataset"])
+        task_meta = load_meta(data_dir)
+        records = load_sft(data_dir, split, model.config.block_size, task_meta["vocab_size"])
+        records, stop = records[:max_records or len(records)], ""
+        if fewshot or chat or not same_tokens(task_meta, meta):  # the task's text in the model's tokens
+            shots = load_sft(data_dir, "train", model.config.block_size, task_meta["vocab_size"])[:fewshot]
+            records, stop = in_tokens_of(records, task_meta, meta, shots, chat)
+            records = [r for r in records if len(r[0]) < model.config.block_size]
+            meta = dict(meta, task=task_meta.get("task"))
         if not records:
             fail(f"{out_dir}'s dataset has no {split} record that fits its context")
         opts = options_of(fam.sample_options, task)
@@ -263,7 +298,7 @@ def accuracy_main():
         answers, targets, nfe, secs = answer_records(
             model.eval(), fam, records, meta, batch_size=batch_size, gen_length=L, temperature=task["temperature"],
             generator=torch.Generator(device=device).manual_seed(seed), on_step=fill if order else None, **opts)
-        res = score(answers, targets, records, meta)
+        res = score(answers, targets, records, meta, stop)
         # answer tokens: the holes and what follows the prompt (an AR model's copy of the givens not counted)
         n_tok = sum(len(h) + max(0, len(a) - (len(p) if h else 0)) for (p, _, h), a in zip(records, answers))
         cells = [f"{100 * res[k]:.1f}%" if k in res else "" for k in ("exact", "cells", "valid")]
@@ -329,10 +364,14 @@ if __name__ == "__main__":
                           steps=STEPS, block_length=NON_NEGATIVE, temperature=TEMPERATURE, judge=PATH,
                           remasking=one_of(*REMASKING), seed=SEED, max_records=NON_NEGATIVE,
                           batch_size=POSITIVE, sampler=one_of(*SAMPLERS), cache=one_of(*CACHES),
-                          threshold=UNIT, factor=NON_NEGATIVE))
+                          threshold=UNIT, factor=NON_NEGATIVE, fewshot=NON_NEGATIVE))
     if not all(c.strip() for c in ckpts.split(",")):
         fail(f"--ckpts={ckpts!r} has an empty name: give comma-separated out_dirs")
-    for c in ckpts.split(","):  # every name before any work: a typo in the last one must not wait for the first
+    if (init_from or dataset or fewshot or chat) and mode != "accuracy":
+        fail("--init_from, --dataset, --fewshot and --chat are options of --mode=accuracy")
+    if init_from and not dataset:
+        fail("--init_from needs --dataset: a pretrained checkpoint has no task of its own (--dataset=gsm8k)")
+    for c in [] if init_from else ckpts.split(","):  # every name before any work: a typo in the last one must not wait for the first
         if not os.path.isfile(os.path.join(c, "ckpt.pt") if os.path.isdir(c) else c):
             fail(f"--ckpts: checkpoint {c} not found (train one first: python train.py config/shakespeare.py)")
     check_device(device)

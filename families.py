@@ -25,7 +25,7 @@ import ar
 import bd3
 import diffusion
 import duo
-from model import load_checkpoint
+from model import from_pretrained, load_checkpoint
 
 FAMILIES = {"mdlm": diffusion.MDLM, "ar": ar.AR, "duo": duo.Duo, "dcd": duo.DCD, "bd3": bd3.BD3}
 
@@ -38,6 +38,17 @@ def load(path, device="cpu", **kw):
     if name not in FAMILIES:
         raise ValueError(f"{path} was trained with objective={name!r}, which is none of {', '.join(FAMILIES)}")
     return model, ckpt, FAMILIES[name]
+
+
+def pretrained(path, device="cpu"):
+    """(model, ckpt, family) of a LLaDA checkpoint in the Hugging Face layout, a folder or a hub id
+    (model.from_pretrained): a masked diffusion model, so MDLM's family, with the ckpt entries the scripts
+    read: meta (its own tokenizer.json, [MASK] and EOS ids) and config (no dataset of its own)."""
+    model, folder, c = from_pretrained(path, device)
+    eos = c.get("eos_token_id")
+    meta = dict(tokenizer="hf", path=folder, vocab_size=model.config.vocab_size, mask_id=model.config.mask_id,
+                eos_id=eos if isinstance(eos, int) else -1)
+    return model, dict(config=dict(objective="mdlm", dataset="", init_from=path), meta=meta), diffusion.MDLM
 
 
 def options_of(names, values):

@@ -40,9 +40,9 @@ import torch
 from configurator import (NON_NEGATIVE, PATH, POSITIVE, SEED, STEPS, TEMPERATURE, UNIT, check, check_device,
                           check_memory, check_writable, configure, fail, one_of, rule)
 from diffusion import SAMPLERS, generate, generate_ancestral  # noqa: F401  (sample.generate: LLaDA's sampler)
-from families import FAMILIES, load, options_of
+from families import FAMILIES, load, options_of, pretrained
 from fast_sample import CACHES
-from tokenizer import MASK_GLYPH, get_codec, write_files
+from tokenizer import MASK_GLYPH, chat_prompt, get_codec, write_files
 from unmask import REMASKING
 
 
@@ -106,6 +106,8 @@ class LiveView:
 
 # -----------------------------------------------------------------------------
 out_dir = "out-shakespeare-char"
+init_from = ""          # instead of out_dir: a LLaDA checkpoint in the Hugging Face layout, a folder or a hub id
+chat = False            # wrap the prompt in the checkpoint's chat template (Instruct models)
 prompt = "\n"           # text ([MASK] / [MASK*n] for spans to infill), or FILE:path
 num_samples = 3
 gen_length = 96         # prompt + gen_length must fit the model's context (128 for config/shakespeare.py)
@@ -152,14 +154,16 @@ if __name__ == "__main__":
         except (UnicodeDecodeError, OSError) as e:
             fail(f"prompt file {path} is not readable UTF-8 text ({type(e).__name__})")
     try:
-        model, ckpt, fam = load(out_dir, device)  # the family: the one lookup (families.py)
+        # the family: the one lookup (families.py); a pretrained checkpoint is masked diffusion
+        model, ckpt, fam = pretrained(init_from, device) if init_from else load(out_dir, device)
         encode, decode = get_codec(ckpt["meta"])
+        prompt = chat_prompt(ckpt["meta"], prompt) if chat else prompt
     except ValueError as e:
         fail(e)
     model.eval()
     for key in sorted({k for f in FAMILIES.values() for k in f.sample_options} - set(fam.sample_options)):
         if globals()[key] != defaults[key]:
-            fail(f"--{key} does not apply to {out_dir}, a {ckpt['config']['objective']} checkpoint (its options: "
+            fail(f"--{key} does not apply to {init_from or out_dir}, a {ckpt['config']['objective']} checkpoint (its options: "
                  f"{', '.join(fam.sample_options) or 'none'})")
     meta, m = ckpt["meta"], model.config.mask_id
     try:

@@ -10,7 +10,7 @@ import sys
 
 import numpy as np
 
-from configurator import check_memory
+from configurator import check_memory, need, read_json
 
 MASK_GLYPH = "_"  # how a [MASK] is drawn when a canvas is decoded
 
@@ -100,6 +100,14 @@ def get_codec(meta):
 
         def decode(ids):
             return "".join(MASK_GLYPH if i == mask_id else itos[i] for i in ids)
+    elif meta["tokenizer"] == "hf":  # a pretrained model's own tokenizer.json (families.pretrained)
+        tok = hf_tokenizer(meta["path"])
+
+        def encode(s):
+            return tok.encode(s, add_special_tokens=False).ids
+
+        def decode(ids):
+            return decode_runs(ids, mask_id, lambda run: tok.decode(run, skip_special_tokens=True))
     else:
         import tiktoken
         try:
@@ -112,15 +120,52 @@ def get_codec(meta):
             return enc.encode(s, allowed_special={"<|endoftext|>"})
 
         def decode(ids):
-            out, run = [], []
-            for i in ids:  # decode runs of real tokens together so multi-token characters survive
-                if i == mask_id:
-                    out.append(enc.decode(run) + MASK_GLYPH)
-                    run = []
-                else:
-                    run.append(i)
-            return "".join(out) + enc.decode(run)
+            return decode_runs(ids, mask_id, enc.decode)
     return encode, decode
+
+
+def decode_runs(ids, mask_id, dec):
+    """Decode the runs of real tokens between [MASK]s together (a character may take several BPE tokens)."""
+    out, run = [], []
+    for i in ids:
+        if i == mask_id:
+            out.append(dec(run) + MASK_GLYPH)
+            run = []
+        else:
+            run.append(i)
+    return "".join(out) + dec(run)
+
+
+def hf_tokenizer(folder):
+    """The tokenizers library's Tokenizer of a Hugging Face checkpoint folder (its tokenizer.json)."""
+    tokenizers = need("tokenizers", "a pretrained model's tokenizer.json")
+    path = os.path.join(folder, "tokenizer.json")
+    if not os.path.isfile(path):
+        raise ValueError(f"{path} not found: the checkpoint's tokenizer")
+    try:
+        return tokenizers.Tokenizer.from_file(path)
+    except Exception as e:
+        raise ValueError(f"{path} is not a tokenizers tokenizer.json ({type(e).__name__}: {str(e)[:100]})")
+
+
+def chat_prompt(meta, text):
+    """text as one user turn of an Instruct model's chat, followed by the opening of the assistant's turn:
+    the chat_template of the checkpoint's tokenizer_config.json (a jinja2 template, as transformers renders
+    it, in jinja2's sandbox: the template comes from a downloaded file)."""
+    if meta["tokenizer"] != "hf":
+        raise ValueError("--chat is for pretrained Instruct models (--init_from); this model has no chat format")
+    c = read_json(os.path.join(meta["path"], "tokenizer_config.json"), "the checkpoint's chat template")
+    if not isinstance(c.get("chat_template"), str):
+        raise ValueError(f"{meta['path']}/tokenizer_config.json has no chat_template: --chat is for Instruct models")
+    from jinja2 import TemplateError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+    special = {k: v.get("content") if isinstance(v, dict) else v for k, v in c.items() if k.endswith("_token")}
+    try:
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        return env.from_string(c["chat_template"]).render(messages=[{"role": "user", "content": text}],
+                                                           add_generation_prompt=True, **special)
+    except TemplateError as e:
+        raise ValueError(f"{meta['path']}/tokenizer_config.json: the chat template fails ({type(e).__name__}: {e})")
 
 
 def check_stream(data_dir, split, vocab_size):
