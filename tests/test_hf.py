@@ -218,7 +218,7 @@ def test_fast_sampler_equals_fast_dllm(tiny, loaded, cache, threshold, steps, ge
 # The tokenizer and the chat template
 
 def test_tokenizer_and_chat_template(tiny):
-    """families.load reads the folder's tokenizer.json: encode gives the BPE's ids (merges applied, the
+    """families.pretrained reads the folder's tokenizer.json: encode gives the BPE's ids (merges applied, the
     special tokens as single ids), decode inverts it on any text; the chat template of
     tokenizer_config.json renders LLaDA-Instruct's Llama-3 prompt, whose ids start with BOS."""
     from tokenizers import Tokenizer
@@ -226,22 +226,18 @@ def test_tokenizer_and_chat_template(tiny):
     import families
     import tokenizer
     folder = tiny[0]
-    _, ckpt, _ = families.load(folder)
+    _, ckpt, fam = families.pretrained(folder)
     meta = ckpt["meta"]
     assert meta["tokenizer"] == "hf" and meta["mask_id"] == MASK and meta["eos_id"] == EOS
+    assert fam is families.FAMILIES["mdlm"]  # LLaDA is masked diffusion
     encode, decode = tokenizer.get_codec(meta)
     text = "the cat sat on the mat, and then ran. Ünïcode ✓ 42"
     ids = encode(text)
     assert ids == Tokenizer.from_file(os.path.join(folder, "tokenizer.json")).encode(text).ids
     assert len(ids) < len(text.encode()) and decode(ids) == text  # merged, and back
-    messages = [{"role": "user", "content": "  What is 2 + 2?\n"}]
-    chat = tokenizer.apply_chat_template(meta, messages, add_generation_prompt=True)
+    chat = tokenizer.chat_prompt(meta, "  What is 2 + 2?\n")  # one user turn, then the assistant's opens
     assert chat == ("<|startoftext|><|start_header_id|>user<|end_header_id|>\n\nWhat is 2 + 2?<|eot_id|>"
                     "<|start_header_id|>assistant<|end_header_id|>\n\n")
-    two = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
-    assert tokenizer.apply_chat_template(meta, two, add_generation_prompt=False) == (  # BOS before the first only
-        "<|startoftext|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"
-        "<|start_header_id|>user<|end_header_id|>\n\nhi<|eot_id|>")
     # the special tokens are single ids, never spelled out in bytes
     assert encode(chat) == ([BOS, START_HEADER] + encode("user") + [END_HEADER] + encode("\n\nWhat is 2 + 2?") +
                             [EOT, START_HEADER] + encode("assistant") + [END_HEADER] + encode("\n\n"))
@@ -282,57 +278,59 @@ def test_eval_cli(cli_folder):
     assert len(rows) == 1, r.stdout
 
 
-def bad_folders(root, good):
-    """{name: folder} of the broken checkpoints a user may point --init_from at, made from the good one."""
+def bad_inputs(root, good):
+    """{name: (--init_from, extra environment)}: the broken checkpoints a user may point --init_from at, made
+    from the good one, and a Python without safetensors."""
     def copy(name, drop=()):
         out = os.path.join(root, name)
         shutil.copytree(good, out, ignore=shutil.ignore_patterns(*drop))
         return out
     out = {"missing": os.path.join(root, "no_such_folder"),
            "no_config": copy("no_config", ["config.json"]),
-           "no_weights": copy("no_weights", ["*.safetensors", "*.index.json"])}
-    out["corrupt"] = copy("corrupt")
+           "no_weights": copy("no_weights", ["*.safetensors", "*.index.json"]),
+           "corrupt": copy("corrupt"), "qwen": copy("qwen"), "no_shard": os.path.join(root, "no_shard")}
     path = os.path.join(out["corrupt"], "model.safetensors")
     data = open(path, "rb").read()
     with open(path, "wb") as f:
         f.write(data[:len(data) // 2])  # cut short, as an interrupted download
-    out["qwen"] = copy("qwen")
     with open(os.path.join(out["qwen"], "config.json"), "w") as f:
         json.dump({"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": 32,
                    "num_attention_heads": 4, "num_hidden_layers": 2, "vocab_size": VOCAB}, f)
-    out["no_shard"] = os.path.join(root, "no_shard")
     write_tiny_llada(out["no_shard"], shards=2)
     os.remove(os.path.join(out["no_shard"], "model-00002-of-00002.safetensors"))
-    # a Python where `import safetensors` fails: a package of that name first on the path
-    fake = os.path.join(root, "fake_site", "safetensors")
+    fake = os.path.join(root, "fake_site", "safetensors")  # `import safetensors` fails: this package comes first
     os.makedirs(fake)
     with open(os.path.join(fake, "__init__.py"), "w") as f:
         f.write("raise ImportError('No module named safetensors (simulated)')\n")
-    return out
+    inputs = {name: (folder, {}) for name, folder in out.items()}
+    inputs["no_package"] = (good, {"PYTHONPATH": os.path.dirname(fake)})
+    inputs["hub_offline"] = ("models/no_such_llada", {"HF_HUB_OFFLINE": "1"})  # a name that is no folder: a hub id
+    return inputs
 
 
-# (folder, words the error line must hold): every row exits non-zero with one line, no traceback
+# (input, words the error line must hold): every row exits non-zero with one line, no traceback
 BAD = [("missing", "no_such_folder"),
        ("no_config", "config.json"),
        ("no_weights", "safetensors"),
-       ("corrupt", "model.safetensors"),
+       ("corrupt", "model.safetensors"),  # which file to fetch again (LLaDA-8B has 6 shards)
        ("qwen", "Qwen2ForCausalLM"),
        ("no_shard", "model-00002-of-00002.safetensors"),
-       ("good, without the safetensors package", "pip install safetensors")]
+       ("no_package", "pip install safetensors"),
+       ("hub_offline", "models/no_such_llada")]
 
 
 @pytest.mark.slow
 def test_bad_folders_are_one_line_errors(cli_folder, tmp_path):
     """--init_from a missing folder, a folder without config.json, config.json without weights, a cut
-    .safetensors, another architecture (Qwen2), an index naming a missing shard, and a Python without
-    safetensors: each stops with 'error: ...' naming what is wrong, never a traceback."""
-    folders = bad_folders(str(tmp_path), cli_folder)
-    no_package = {"PYTHONPATH": str(tmp_path / "fake_site")}
+    .safetensors, another architecture (Qwen2), an index naming a missing shard, a Python without
+    safetensors, and a name that is no folder and cannot be fetched (offline): each stops with
+    'error: ...' naming what is wrong, never a traceback."""
+    inputs = bad_inputs(str(tmp_path), cli_folder)
 
     def attempt(row):
-        name, _ = row
-        return run("sample.py", f"--init_from={folders.get(name, cli_folder)}", "--prompt=the cat", "--fast",
-                   "--gen_length=8", "--block_length=8", "--num_samples=1", env=None if name in folders else no_package)
+        folder, env = inputs[row[0]]
+        return run("sample.py", f"--init_from={folder}", "--prompt=the cat", "--fast", "--gen_length=8",
+                   "--block_length=8", "--num_samples=1", env=env)
     with ThreadPoolExecutor(4) as pool:
         results = list(pool.map(attempt, BAD))
     wrong = []
