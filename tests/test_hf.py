@@ -1,0 +1,341 @@
+"""
+Real LLaDA checkpoints (GSAI-ML/LLaDA-8B-Base / -Instruct, LLaDA-1.5) in the Hugging Face layout, loaded
+into model.GPT: proven on a tiny LLaDA folder the test writes itself (tests/hf_tiny.py), whose logits and
+samples are compared with LLaDA's forward, LLaDA's sampler and Fast-dLLM's samplers transcribed in plain
+torch (hf_tiny.llada_forward, test_sample.reference_llada, hf_tiny.FAST_DLLM). Then the tokenizer and
+chat template, the command lines, and the bad folders a user may point them at.
+"""
+
+import json
+import os
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+
+import fast_sample
+import sample
+from conftest import ROOT, run
+from hf_tiny import BOS, END_HEADER, EOS, EOT, FAST_DLLM, MASK, START_HEADER, VOCAB, llada_forward, write_tiny_llada
+from model import GPT
+from test_sample import reference_llada
+
+P = 8  # prompt tokens of the sampler tests
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread while this file runs: its tensors are tiny, and two threads on two cores shared
+    with other jobs spend their time waiting for each other."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """(folder, config dict, weights dict) of a float32 tiny LLaDA in one model.safetensors."""
+    folder = str(tmp_path_factory.mktemp("llada") / "tiny")
+    cfg, W = write_tiny_llada(folder)
+    return folder, cfg, W
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny):
+    return GPT.from_pretrained(tiny[0], device="cpu")
+
+
+def reference(cfg, W):
+    """LLaDA's forward as Fast-dLLM calls it, f(ids, start, cache) -> (logits, K/V), with the [MASK]
+    column at -inf. A trained LLaDA never puts its mass on [MASK]; a random tiny one would, so the
+    reference drops that column, as the project's model does."""
+    def f(ids, start=0, cache=None):
+        logits, kv = llada_forward(W, cfg, ids, start, cache)
+        logits[..., MASK] = float("-inf")
+        return logits, kv
+    return f
+
+
+def random_ids(shape, seed, with_masks=False):
+    """Token ids below the special tokens (0..279), optionally with a few [MASK]s."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, min(BOS, MASK), shape, generator=g)
+    if with_masks:
+        ids[torch.rand(shape, generator=g) < 0.3] = MASK
+    return ids
+
+
+# -----------------------------------------------------------------------------
+# The forward
+
+def test_logits_equal_llada_forward(tiny, loaded):
+    """from_pretrained reads every LLaDA tensor into the right place: the float32 logits of a masked
+    canvas equal LLaDA's forward's on every column but [MASK], which is -inf. Fails for a wrong SwiGLU
+    width (48 here, not 8/3 d), a swapped gate and up projection, tied weights, a missed norm gain, a
+    RoPE with the wrong theta or pairing, causal attention, or the wrong eps."""
+    folder, cfg, W = tiny
+    c = loaded.config
+    assert not loaded.training and (c.n_embd, c.n_head, c.n_layer, c.n_hidden) == (32, 4, 2, 48)
+    assert (c.vocab_size, c.mask_id, c.block_size, c.tie) == (VOCAB, MASK, 64, False)
+    assert (c.rope_theta, c.norm_eps) == (500000.0, 1e-5)
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+    ids = random_ids((2, 40), seed=0, with_masks=True)  # (B, T)
+    with torch.no_grad():
+        got = loaded(ids)  # (B, T, V)
+    want, _ = llada_forward(W, cfg, ids)
+    assert got.dtype == torch.float32 and got.shape == (2, 40, VOCAB)
+    keep = torch.arange(VOCAB) != MASK
+    torch.testing.assert_close(got[..., keep], want[..., keep], atol=1e-4, rtol=0)
+    assert (got[..., MASK] == float("-inf")).all() and torch.isfinite(got[..., keep]).all()
+
+
+def test_sharded_checkpoint_equals_the_single_file(tiny, loaded, tmp_path):
+    """The same weights in three shards with model.safetensors.index.json (interleaved, so each shard
+    holds parts of every layer) load to the same model: identical logits."""
+    _, cfg, W = tiny
+    write_tiny_llada(str(tmp_path), shards=3)
+    assert not os.path.exists(tmp_path / "model.safetensors")
+    assert len(set(json.load(open(tmp_path / "model.safetensors.index.json"))["weight_map"].values())) == 3
+    sharded = GPT.from_pretrained(str(tmp_path), device="cpu")
+    ids = random_ids((1, 32), seed=1, with_masks=True)
+    with torch.no_grad():
+        assert torch.equal(sharded(ids), loaded(ids))
+
+
+def test_bf16_checkpoint_stays_bf16(tmp_path):
+    """A bf16 checkpoint (as LLaDA's are stored) loads in bf16, with no float32 copy of any weight, and
+    its logits are LLaDA's forward run in bf16 up to bf16 rounding, while a model loaded in the wrong
+    way (a RoPE, norm or projection error) is off by the size of the logits themselves."""
+    cfg, W = write_tiny_llada(str(tmp_path), dtype=torch.bfloat16)
+    model = GPT.from_pretrained(str(tmp_path), device="cpu")
+    assert all(t.dtype == torch.bfloat16 for t in model.state_dict().values())
+    assert all(p.dtype == torch.bfloat16 for p in model.parameters())
+    ids = random_ids((2, 40), seed=2, with_masks=True)
+    with torch.no_grad():
+        got = model(ids)
+    want, _ = llada_forward(W, cfg, ids)  # the reference in bf16
+    exact, _ = llada_forward({k: v.float() for k, v in W.items()}, cfg, ids)  # the same weights in float32
+    keep = torch.arange(VOCAB) != MASK
+    got, want, exact = got[..., keep], want[..., keep], exact[..., keep]
+    assert got.dtype == torch.float32 and torch.isfinite(got).all()
+    scale = exact.abs().max()  # logits of order 10
+    assert (got - want).abs().max() < 0.05 * scale
+    assert (got - exact).abs().max() < 0.05 * scale
+    assert (got.argmax(-1) == exact.argmax(-1)).float().mean() > 0.9
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_save_pretrained_round_trip(tmp_path, dtype):
+    """save_pretrained writes config.json + model.safetensors in LLaDA's own layout: the same tensor names,
+    shapes, dtype and values as the checkpoint it was loaded from (so LLaDA's own code can read it), and
+    from_pretrained of it gives the same model."""
+    from safetensors.torch import load_file
+    cfg, W = write_tiny_llada(str(tmp_path / "a"), dtype=dtype, shards=2)
+    model = GPT.from_pretrained(str(tmp_path / "a"), device="cpu")
+    model.save_pretrained(str(tmp_path / "b"))
+    saved = load_file(str(tmp_path / "b" / "model.safetensors"))
+    assert sorted(saved) == sorted(W)
+    assert all(saved[k].dtype == dtype and torch.equal(saved[k], W[k]) for k in W)
+    config = json.load(open(tmp_path / "b" / "config.json"))
+    for key in ("architectures", "model_type", "d_model", "n_heads", "n_kv_heads", "n_layers", "mlp_hidden_size",
+                "vocab_size", "embedding_size", "mask_token_id", "rope_theta", "rms_norm_eps",
+                "max_sequence_length", "weight_tying", "block_type"):
+        assert config[key] == cfg[key], key
+    again = GPT.from_pretrained(str(tmp_path / "b"), device="cpu")
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+    ids = random_ids((1, 24), seed=3, with_masks=True)
+    with torch.no_grad():
+        assert torch.equal(again(ids), model(ids))
+
+
+# -----------------------------------------------------------------------------
+# The samplers
+
+SETTINGS = [(32, 32, 8), (16, 32, 16), (8, 24, 24)]  # (steps, gen_length, block_length)
+
+
+@pytest.mark.parametrize("steps,gen_length,block_length", SETTINGS)
+def test_llada_sampler_equals_the_reference(tiny, loaded, steps, gen_length, block_length):
+    """At temperature 0, sample.generate on the loaded model writes the tokens of LLaDA's reference
+    generate() (test_sample.reference_llada) run on LLaDA's forward, with one forward per step."""
+    _, cfg, W = tiny
+    f = reference(cfg, W)
+    prompt = random_ids((2, P), seed=steps + gen_length)
+    with torch.no_grad():
+        want = reference_llada(lambda x: f(x)[0], prompt.clone(), steps, gen_length, block_length, mask_id=MASK)
+    got, nfe = sample.generate(loaded, prompt, steps=steps, gen_length=gen_length, block_length=block_length)
+    assert torch.equal(got, want) and nfe == steps
+    assert (got != MASK).all() and len(set(got[0, P:].tolist())) > 1
+
+
+def fast_prompt(steps, block_length):
+    return random_ids((1, P), seed=steps + block_length)
+
+
+def test_the_references_tell_the_caches_apart(tiny):
+    """The tiny model is a discriminating fixture for the next test: at each of its settings Fast-dLLM's
+    no-cache, prefix-cache and dual-cache samplers give three different results (canvas, NFE), so each
+    comparison pins its own cache (a sampler that used the wrong one, or none, fails); the answer
+    depends on the prompt; and the 0.9 threshold commits several tokens in some steps and one in
+    others (nfe strictly between one per block and one per token), so the rule is exercised both ways."""
+    _, cfg, W = tiny
+    f = reference(cfg, W)
+    with torch.no_grad():
+        for steps, gen_length, block_length in SETTINGS[:2]:
+            prompt = fast_prompt(steps, block_length)
+            for threshold in (0.9, None):
+                out = [FAST_DLLM[c](f, prompt.clone(), steps, gen_length, block_length, MASK, threshold)
+                       for c in FAST_DLLM]
+                assert len({(tuple(x[0].tolist()), nfe) for x, nfe in out}) == 3
+                if threshold:
+                    assert all(gen_length // block_length < nfe < gen_length for _, nfe in out)
+            other, _ = FAST_DLLM["none"](f, random_ids((1, P), seed=99), steps, gen_length, block_length, MASK)
+            assert other[0, P:].tolist() != out[0][0][0, P:].tolist()
+
+
+@pytest.mark.parametrize("cache", ["none", "prefix", "dual"])
+@pytest.mark.parametrize("threshold", [0.9, 0.0])
+@pytest.mark.parametrize("steps,gen_length,block_length", SETTINGS[:2])
+def test_fast_sampler_equals_fast_dllm(tiny, loaded, cache, threshold, steps, gen_length, block_length):
+    """At temperature 0, fast_sample.generate on the loaded model writes the tokens of Fast-dLLM's
+    generate / generate_with_prefix_cache / generate_with_dual_cache on LLaDA's forward, with the same
+    number of forwards, for the threshold rule (0.9) and the fixed schedule (0). EOS stopping is off
+    (eos_id=-1): the reference decodes every position."""
+    _, cfg, W = tiny
+    prompt = fast_prompt(steps, block_length)
+    with torch.no_grad():
+        want, want_nfe = FAST_DLLM[cache](reference(cfg, W), prompt.clone(), steps, gen_length, block_length, MASK,
+                                          threshold=threshold or None)
+    got, nfe = fast_sample.generate(loaded, prompt, steps=steps, gen_length=gen_length, block_length=block_length,
+                                    cache=cache, threshold=threshold, eos_id=-1)
+    assert torch.equal(got, want)
+    assert nfe == want_nfe
+
+
+# -----------------------------------------------------------------------------
+# The tokenizer and the chat template
+
+def test_tokenizer_and_chat_template(tiny):
+    """families.pretrained reads the folder's tokenizer.json: encode gives the BPE's ids (merges applied, the
+    special tokens as single ids), decode inverts it on any text; the chat template of
+    tokenizer_config.json renders LLaDA-Instruct's Llama-3 prompt, whose ids start with BOS."""
+    from tokenizers import Tokenizer
+
+    import families
+    import tokenizer
+    folder = tiny[0]
+    _, ckpt, fam = families.pretrained(folder)
+    meta = ckpt["meta"]
+    assert meta["tokenizer"] == "hf" and meta["mask_id"] == MASK and meta["eos_id"] == EOS
+    assert fam is families.FAMILIES["mdlm"]  # LLaDA is masked diffusion
+    encode, decode = tokenizer.get_codec(meta)
+    text = "the cat sat on the mat, and then ran. Ünïcode ✓ 42"
+    ids = encode(text)
+    assert ids == Tokenizer.from_file(os.path.join(folder, "tokenizer.json")).encode(text).ids
+    assert len(ids) < len(text.encode()) and decode(ids) == text  # merged, and back
+    chat = tokenizer.chat_prompt(meta, "  What is 2 + 2?\n")  # one user turn, then the assistant's opens
+    assert chat == ("<|startoftext|><|start_header_id|>user<|end_header_id|>\n\nWhat is 2 + 2?<|eot_id|>"
+                    "<|start_header_id|>assistant<|end_header_id|>\n\n")
+    # the special tokens are single ids, never spelled out in bytes
+    assert encode(chat) == ([BOS, START_HEADER] + encode("user") + [END_HEADER] + encode("\n\nWhat is 2 + 2?") +
+                            [EOT, START_HEADER] + encode("assistant") + [END_HEADER] + encode("\n\n"))
+
+
+# -----------------------------------------------------------------------------
+# The command lines
+
+@pytest.fixture(scope="module")
+def cli_folder(tmp_path_factory):
+    """A tiny LLaDA with a context long enough for GSM8K questions in bytes."""
+    folder = str(tmp_path_factory.mktemp("llada_cli") / "tiny")
+    write_tiny_llada(folder, max_sequence_length=1024)
+    return folder
+
+
+@pytest.mark.slow
+def test_sample_cli(cli_folder):
+    """sample.py samples from a Hugging Face folder with the Fast-dLLM decoder, plain and as a chat."""
+    common = [f"--init_from={cli_folder}", "--prompt=the cat sat on", "--fast", "--gen_length=16",
+              "--block_length=8", "--num_samples=1"]
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda args: run("sample.py", *args), [common, common + ["--chat=True"]]))
+    for r in results:
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert "the cat sat on" in r.stdout, r.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.exists(os.path.join(ROOT, "data", "gsm8k", "test_sft.pkl")),
+                    reason="data/gsm8k/test_sft.pkl is absent (python data/gsm8k/prepare.py)")
+def test_eval_cli(cli_folder):
+    """eval.py --mode=accuracy answers GSM8K questions with a Hugging Face folder and prints its table row."""
+    r = run("eval.py", "--mode=accuracy", f"--init_from={cli_folder}", "--dataset=gsm8k", "--max_records=4",
+            "--gen_length=16", "--block_length=16", "--steps=16")
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = [line for line in r.stdout.splitlines() if line.startswith("| ") and cli_folder in line]
+    assert len(rows) == 1, r.stdout
+
+
+def bad_inputs(root, good):
+    """{name: (--init_from, extra environment)}: the broken checkpoints a user may point --init_from at, made
+    from the good one, and a Python without safetensors."""
+    def copy(name, drop=()):
+        out = os.path.join(root, name)
+        shutil.copytree(good, out, ignore=shutil.ignore_patterns(*drop))
+        return out
+    out = {"missing": os.path.join(root, "no_such_folder"),
+           "no_config": copy("no_config", ["config.json"]),
+           "no_weights": copy("no_weights", ["*.safetensors", "*.index.json"]),
+           "corrupt": copy("corrupt"), "qwen": copy("qwen"), "no_shard": os.path.join(root, "no_shard")}
+    path = os.path.join(out["corrupt"], "model.safetensors")
+    data = open(path, "rb").read()
+    with open(path, "wb") as f:
+        f.write(data[:len(data) // 2])  # cut short, as an interrupted download
+    with open(os.path.join(out["qwen"], "config.json"), "w") as f:
+        json.dump({"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": 32,
+                   "num_attention_heads": 4, "num_hidden_layers": 2, "vocab_size": VOCAB}, f)
+    write_tiny_llada(out["no_shard"], shards=2)
+    os.remove(os.path.join(out["no_shard"], "model-00002-of-00002.safetensors"))
+    fake = os.path.join(root, "fake_site", "safetensors")  # `import safetensors` fails: this package comes first
+    os.makedirs(fake)
+    with open(os.path.join(fake, "__init__.py"), "w") as f:
+        f.write("raise ImportError('No module named safetensors (simulated)')\n")
+    inputs = {name: (folder, {}) for name, folder in out.items()}
+    inputs["no_package"] = (good, {"PYTHONPATH": os.path.dirname(fake)})
+    inputs["hub_offline"] = ("models/no_such_llada", {"HF_HUB_OFFLINE": "1"})  # a name that is no folder: a hub id
+    return inputs
+
+
+# (input, words the error line must hold): every row exits non-zero with one line, no traceback
+BAD = [("missing", "no_such_folder"),
+       ("no_config", "config.json"),
+       ("no_weights", "safetensors"),
+       ("corrupt", "model.safetensors"),  # which file to fetch again (LLaDA-8B has 6 shards)
+       ("qwen", "Qwen2ForCausalLM"),
+       ("no_shard", "model-00002-of-00002.safetensors"),
+       ("no_package", "pip install safetensors"),
+       ("hub_offline", "models/no_such_llada")]
+
+
+@pytest.mark.slow
+def test_bad_folders_are_one_line_errors(cli_folder, tmp_path):
+    """--init_from a missing folder, a folder without config.json, config.json without weights, a cut
+    .safetensors, another architecture (Qwen2), an index naming a missing shard, a Python without
+    safetensors, and a name that is no folder and cannot be fetched (offline): each stops with
+    'error: ...' naming what is wrong, never a traceback."""
+    inputs = bad_inputs(str(tmp_path), cli_folder)
+
+    def attempt(row):
+        folder, env = inputs[row[0]]
+        return run("sample.py", f"--init_from={folder}", "--prompt=the cat", "--fast", "--gen_length=8",
+                   "--block_length=8", "--num_samples=1", env=env)
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(attempt, BAD))
+    wrong = []
+    for (name, words), r in zip(BAD, results):
+        last = r.stderr.strip().splitlines()[-1] if r.stderr.strip() else ""
+        if r.returncode == 0 or not last.startswith("error:") or "Traceback" in r.stderr or words not in last:
+            wrong.append(f"{name}: exit {r.returncode}, stderr {r.stderr[-600:]!r}")
+    assert not wrong, "\n".join(wrong)
