@@ -347,7 +347,10 @@ def from_pretrained(path, device="cpu"):
         if file not in files:
             if not os.path.isfile(file):
                 raise ValueError(f"{file} not found (named by {os.path.basename(index)})")
-            files[file] = st.safe_open(file, framework="pt", device=dev)
+            try:
+                files[file] = st.safe_open(file, framework="pt", device=dev)
+            except Exception as e:  # cut short, not a safetensors file: the one to download again
+                raise ValueError(f"{file} is not a readable .safetensors file ({type(e).__name__})")
         if name not in files[file].keys():
             raise ValueError(f"{file} has no tensor {name}")
         return files[file].get_tensor(name)

@@ -188,8 +188,8 @@ if __name__ == "__main__":
     eos = meta.get("eos_id", -1)
     out, nfe = fam.generate(model, x, gen_length=gen_length, temperature=temperature, eos_id=eos, generator=gen,
                             on_step=view, **opts)
-    for row in out.tolist():
-        print(decode(cut_at_eos(row, eos, len(ids))))
+    for row in out.tolist():  # a chat prints the reply alone (the template's markup decodes as bare role names)
+        print(decode(cut_at_eos(row, eos, len(ids))[len(ids) if chat else 0:]))
         print("---------------")
     if view:
         view.save()

@@ -256,14 +256,17 @@ def cli_folder(tmp_path_factory):
 
 @pytest.mark.slow
 def test_sample_cli(cli_folder):
-    """sample.py samples from a Hugging Face folder with the Fast-dLLM decoder, plain and as a chat."""
+    """sample.py samples from a Hugging Face folder with the Fast-dLLM decoder: plain, the prompt and what
+    follows; as a chat, the reply alone (no role names from the template's markup)."""
     common = [f"--init_from={cli_folder}", "--prompt=the cat sat on", "--fast", "--gen_length=16",
               "--block_length=8", "--num_samples=1"]
     with ThreadPoolExecutor(2) as pool:
-        results = list(pool.map(lambda args: run("sample.py", *args), [common, common + ["--chat=True"]]))
-    for r in results:
+        plain, chat = pool.map(lambda args: run("sample.py", *args), [common, common + ["--chat=True"]])
+    for r in (plain, chat):
         assert r.returncode == 0, r.stderr[-2000:]
-        assert "the cat sat on" in r.stdout, r.stdout
+        assert "NFE" in r.stderr, r.stderr
+    assert plain.stdout.startswith("the cat sat on"), plain.stdout
+    assert "the cat sat on" not in chat.stdout and "assistant" not in chat.stdout, chat.stdout
 
 
 @pytest.mark.slow
@@ -276,6 +279,30 @@ def test_eval_cli(cli_folder):
     assert r.returncode == 0, r.stderr[-2000:]
     rows = [line for line in r.stdout.splitlines() if line.startswith("| ") and cli_folder in line]
     assert len(rows) == 1, r.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.exists(os.path.join(ROOT, "data", "gsm8k", "train_sft.pkl")),
+                    reason="data/gsm8k/train_sft.pkl is absent (python data/gsm8k/prepare.py)")
+def test_sft_from_a_pretrained_folder_and_the_fast_table(cli_folder, tmp_path):
+    """train.py fine-tunes a Hugging Face folder on GSM8K (the records re-encoded in its tokens, its shape
+    kept over the config file's); its checkpoint samples with its tokenizer; bench.py's Fast-dLLM table
+    takes the folder on a task."""
+    out = str(tmp_path / "sft")
+    r = run("train.py", "config/gsm8k.py", f"--init_from={cli_folder}", f"--out_dir={out}", "--max_iters=2",
+            "--eval_interval=2", "--eval_iters=1", "--batch_size=2", "--block_size=1024", "--warmup_iters=1")
+    assert r.returncode == 0, r.stderr[-2000:]
+    ck = torch.load(os.path.join(out, "ckpt.pt"), map_location="cpu", weights_only=True)
+    assert ck["meta"]["tokenizer"] == "hf" and ck["meta"]["mask_id"] == MASK and ck["meta"]["task"] == "gsm8k"
+    assert (ck["model_args"]["n_layer"], ck["model_args"]["n_hidden"], ck["model_args"]["tie"]) == (2, 48, False)
+    r = run("sample.py", f"--out_dir={out}", "--prompt=Question: how many", "--gen_length=8", "--block_length=8",
+            "--num_samples=1")
+    assert r.returncode == 0 and r.stdout.startswith("Question: how many"), r.stderr[-2000:]
+    r = run("bench.py", "--what=fast", f"--init_from={cli_folder}", "--dataset=gsm8k", "--split=test",
+            "--num_samples=1", "--lengths=16", "--block_length=8")
+    assert r.returncode == 0, r.stderr[-2000:]
+    # 8 rows (the baseline, Fast-dLLM's 6 settings, no EOS stop) and the forward-cost row
+    assert "Task: gsm8k, test split" in r.stdout and sum(line.startswith("| 16 | ") for line in r.stdout.splitlines()) == 9
 
 
 def bad_inputs(root, good):
