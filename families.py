@@ -4,7 +4,8 @@ The model families by name: the one table that says which file trains, evaluates
 A family is one file with one interface (diffusion.MDLM, ar.AR, duo.Duo and duo.DCD, its distillation,
 bd3.BD3).
 train.py's --objective names it and every checkpoint stores that name (config['objective']); train.py,
-sample.py, eval.py and bench.py look it up once, here, and from then on call only these names:
+sample.py, eval.py and bench.py look it up once, here (a pretrained LLaDA folder, --init_from, is masked
+diffusion: pretrained), and from then on call only these names:
 
     flags             the GPTConfig flags of the model it trains (causal, time_cond)
     shift             extra tokens per training row (AR: the last target)

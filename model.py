@@ -15,6 +15,9 @@ attends over all T positions. Running the block and everything after it is the p
 forward, these are the cache. `attn_mask` narrows which keys each query sees: block diffusion (bd3.py)
 trains on the noisy and the clean copy side by side with a block-causal mask and samples through the
 same seam, each committed block's keys/values written once.
+
+`GPT.from_pretrained(path)` loads LLaDA-8B (Base, Instruct, 1.5) from the Hugging Face layout: the same
+architecture at scale, with a few settings of GPTConfig (see the section at the end of this file).
 """
 
 import inspect
@@ -270,7 +273,8 @@ def pretrained_dir(path):
     and tokenizer files only) when huggingface_hub is installed."""
     if os.path.isdir(path) or not HUB_ID.fullmatch(path):
         if not os.path.isdir(path):
-            raise ValueError(f"{path} not found: give a folder with config.json and *.safetensors, or a hub id")
+            raise ValueError(f"{path} {'is not a folder' if os.path.exists(path) else 'not found'}: give a folder "
+                             f"with config.json and *.safetensors, or a hub id")
         return path
     hub = need("huggingface_hub", f"{path}, a Hugging Face hub id,")
     try:
