@@ -243,8 +243,8 @@ class GPT(nn.Module):
         """A LLaDA checkpoint in the Hugging Face layout (a folder or a hub id): see from_pretrained below."""
         return from_pretrained(path, device)[0]
 
-    def save_pretrained(self, folder):
-        save_pretrained(self, folder)
+    def save_pretrained(self, folder, **extra):
+        save_pretrained(self, folder, **extra)
 
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
         # decay the matrices (2D), not the norms' gains
@@ -362,7 +362,7 @@ def from_pretrained(path, device="cpu"):
         model = GPT(cfg)
     names = llada_names(cfg.n_layer, cfg.tie)
     try:
-        for ours, theirs in names.items():  # a layer at a time: the concatenation is the only copy
+        for ours, theirs in names.items():  # one weight at a time: a concatenation is the only copy
             parts = [tensor(n) for n in theirs]
             w = parts[0] if len(parts) == 1 else torch.cat(parts)
             model.load_state_dict({ours: w}, strict=False, assign=True)
@@ -380,9 +380,10 @@ def from_pretrained(path, device="cpu"):
     return model.eval(), folder, c
 
 
-def save_pretrained(model, folder):
-    """Write a model in LLaDA's layout (config.json + model.safetensors): what from_pretrained reads, and
-    what the Hugging Face LLaDA code loads."""
+def save_pretrained(model, folder, **extra):
+    """Write a model in LLaDA's layout, config.json (with the extra keys given, e.g. eos_token_id) and
+    model.safetensors: LLaDA's tensor names and config keys, what from_pretrained reads. The tokenizer
+    files are the original checkpoint's, to be copied beside them."""
     cfg = model.config
     if cfg.causal or cfg.time_cond or cfg.bd3_block:
         raise ValueError("LLaDA's layout holds a plain bidirectional masked diffusion model only")
@@ -395,7 +396,7 @@ def save_pretrained(model, folder):
              n_kv_heads=cfg.n_head, n_layers=cfg.n_layer, mlp_hidden_size=cfg.n_hidden or sd["blocks.0.mlp.down.weight"].size(1),
              mlp_ratio=4, vocab_size=cfg.vocab_size, embedding_size=cfg.vocab_size, mask_token_id=cfg.mask_id,
              max_sequence_length=cfg.block_size, weight_tying=cfg.tie, rms_norm_eps=cfg.norm_eps,
-             rope_theta=cfg.rope_theta)
+             rope_theta=cfg.rope_theta, **extra)
     os.makedirs(folder, exist_ok=True)
     write_files(folder, {"model.safetensors": lambda p: st.save_file(out, p),
                          "config.json": json.dumps(c, indent=2).encode()})
