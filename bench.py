@@ -279,7 +279,7 @@ def fast_main(model, fam, ckpt, judge_model, data_dir, opts):
         fail(f"no length in {lengths} fits the model's context of {model.config.block_size} with a {P}-token prompt")
     bench_fast(model, fam, judge_model, prompts.to(device), Ls, threshold=threshold, factor=factor,
                accuracy=accuracy, others=others, pad=pad, **opts)
-    print(f"\n{len(prompts)} prompts of {'up to ' if pad is not None else ''}{P} tokens, one at a time; steps = L, blocks of {block_length}, "
+    print(f"\n{len(prompts)} prompts of {'up to ' if pad is not None and pad.any() else ''}{P} tokens, one at a time; steps = L, blocks of {block_length}, "
           f"temperature {temperature}, low-confidence remasking; tok/s: generated tokens before the first EOS "
           f"per second; speed-up: over the baseline's tok/s in this run; agree: the fraction of generated "
           f"positions equal to the baseline's. {'Task: ' + task + ', ' + split + ' split' if task else 'Judge: ' + judge}. "
