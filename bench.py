@@ -3,6 +3,8 @@ Speed and quality of the samplers, side by side in one run on one machine.
 
     python bench.py --what=samplers                                     # masked diffusion's samplers
     python bench.py --what=fast --out_dir=out-shakespeare-long           # Fast-dLLM vs the baseline
+    python bench.py --what=fast --out_dir=out-automaton --other_dirs=out-automaton-ar,out-automaton-bd3 --split=test
+    python bench.py --what=fast --init_from=GSAI-ML/LLaDA-8B-Instruct --dataset=gsm8k --split=test --fewshot=5
     python bench.py --what=fewstep --out_dir=out-shakespeare-char,out-shakespeare-duo --temperature=1
     python bench.py --what=fewstep --out_dir=out-shakespeare-duo --temperature=1 --greedy_tail=False --top_p=0.95
 

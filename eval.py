@@ -25,6 +25,12 @@ data/gsm8k): every record of a split is answered by the checkpoint's family with
 
     python eval.py --mode=accuracy --ckpts=out-sudoku,out-sudoku-ar
     python eval.py --mode=accuracy --ckpts=out-automaton --gen_length=256 --block_length=32 --fast --threshold=0.9
+
+A pretrained LLaDA (--init_from, a Hugging Face folder or hub id) answers a task prepared with another
+tokenizer: its records are decoded and encoded again in the model's tokens (tokenizer.recode), with
+--fewshot examples (lm-eval's format) and --chat if asked:
+
+    python eval.py --mode=accuracy --init_from=GSAI-ML/LLaDA-8B-Instruct --dataset=gsm8k --fewshot=5 --fast
 """
 
 import math

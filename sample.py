@@ -6,6 +6,7 @@ How a diffusion language model writes text: the command line of every family's s
     python sample.py --prompt="ROMEO:[MASK*40]JULIET:" --gen_length=0  # infilling
     python sample.py --fast --cache=dual --threshold=0.9             # Fast-dLLM
     python sample.py --out_dir=out-shakespeare-duo --steps=8         # Duo (a uniform-state checkpoint)
+    python sample.py --init_from=GSAI-ML/LLaDA-8B-Instruct --chat --prompt="Hi" --fast   # LLaDA-8B
 
 The canvas is the prompt followed by gen_length [MASK]s; [MASK] or [MASK*n] in the prompt text
 opens masked spans anywhere (infilling). Given text is never changed. The checkpoint names its
