@@ -118,9 +118,10 @@ def test_a_trace_that_cannot_be_written_leaves_the_old_one(tiny_data, tmp_path):
 @slow
 def test_a_second_run_is_refused_and_ctrl_c_is_one_line(tiny_data, tmp_path):
     args = [f"--dataset={tiny_data}", f"--out_dir={tmp_path}", *TRAIN]
-    first = subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"), *args, "--max_iters=100000"], cwd=ROOT,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             env=dict(os.environ, OMP_NUM_THREADS="1"))
+    log = tmp_path.parent / f"{tmp_path.name}.stderr"  # a file, not a pipe: a pipe nobody reads fills up and blocks
+    with open(log, "w") as f:
+        first = subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"), *args, "--max_iters=100000"],
+                                 cwd=ROOT, stdout=subprocess.DEVNULL, stderr=f, env=dict(os.environ, OMP_NUM_THREADS="1"))
     try:
         deadline = time.time() + 60
         while not (tmp_path / "ckpt.pt").exists() and time.time() < deadline and first.poll() is None:
@@ -130,7 +131,8 @@ def test_a_second_run_is_refused_and_ctrl_c_is_one_line(tiny_data, tmp_path):
             one_line(run("train.py", *args, "--max_iters=4", *more), "in use by another train.py run")
     finally:
         first.send_signal(signal.SIGINT)
-        _, err = first.communicate(timeout=60)
+        first.wait(timeout=120)
+    err = log.read_text()
     assert first.returncode != 0 and "Traceback" not in err, err[err.find("Traceback") - 300:]
     assert error_lines(err) == [
         "error: interrupted (Ctrl-C); files written so far are complete"], err
