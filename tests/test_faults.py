@@ -120,8 +120,11 @@ def test_a_second_run_is_refused_and_ctrl_c_is_one_line(tiny_data, tmp_path):
     args = [f"--dataset={tiny_data}", f"--out_dir={tmp_path}", *TRAIN]
     log = tmp_path.parent / f"{tmp_path.name}.stderr"  # a file, not a pipe: a pipe nobody reads fills up and blocks
     with open(log, "w") as f:
+        # Ctrl-C as in a terminal: SIGINT at its default, even where this test itself runs with it ignored (a
+        # background job of a shell without job control), which the child would inherit and never be interrupted
         first = subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"), *args, "--max_iters=100000"],
-                                 cwd=ROOT, stdout=subprocess.DEVNULL, stderr=f, env=dict(os.environ, OMP_NUM_THREADS="1"))
+                                 cwd=ROOT, stdout=subprocess.DEVNULL, stderr=f, env=dict(os.environ, OMP_NUM_THREADS="1"),
+                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.time() + 60
         while not (tmp_path / "ckpt.pt").exists() and time.time() < deadline and first.poll() is None:
