@@ -138,7 +138,7 @@ def bench_fast(model, fam, judge, prompts, Ls, *, block_length=32, temperature=0
     P = prompts.size(1)
     rows = fast_rows(threshold, factor, eos)
 
-    def score(gen):
+    def cells(gen):  # the quality columns of a row
         return quality(judge, torch.cat([prompts, gen], 1), P, eos) if accuracy is None else [accuracy(gen)]
     cols = "gen PPL | entropy" if accuracy is None else "accuracy"
     print(f"| L | method | tok/s | NFE | speed-up | tokens/sample | {cols} | agree |")
@@ -160,7 +160,7 @@ def bench_fast(model, fam, judge, prompts, Ls, *, block_length=32, temperature=0
             n = min(gen.size(1), base.size(1))
             agree = (gen[:, :n] == base[:, :n]).float().mean().item()
             print(f"| {L} | {name} | {tokens / secs:.1f} | {nfe:.1f} | {tokens / secs / base_tok_s:.1f}x | "
-                  f"{tokens / len(prompts):.0f} | " + " | ".join(score(gen)) + f" | {agree:.2f} |", flush=True)
+                  f"{tokens / len(prompts):.0f} | " + " | ".join(cells(gen)) + f" | {agree:.2f} |", flush=True)
     print("\n| L | one forward: all P + L positions | one block with the dual cache | ratio |")
     print("| --- | --- | --- | --- |")
     for L in Ls:  # what a baseline step and a cached step cost (medians of 20, batch 1)
@@ -217,21 +217,21 @@ def parse_lengths(text):
     return Ls if all(L > 0 for L in Ls) else None
 
 
-def load_models(names, judge_meta=None):
-    """[(name, model, family)] of comma-separated out_dirs, in eval mode; with the judge's meta, each
-    must read the judge's tokens."""
+def load_models(names, meta=None, reader=""):
+    """[(name, model, family, ckpt)] of comma-separated out_dirs, in eval mode; with a meta (of the judge, or
+    of the model whose prompts they answer: reader), each must read its tokens."""
     models = []
     for d in names.split(","):
         net, ck, fam = load(d, device)
-        if judge_meta is not None and not same_tokens(ck["meta"], judge_meta):
-            fail(f"{d} and the judge {judge} were trained on different data")
+        if meta is not None and not same_tokens(ck["meta"], meta):
+            fail(f"{d} and {reader} were trained on different data")
         models.append((d, net.eval(), fam, ck))
     return models
 
 
 def fewstep_main():
     judge_model, judge_ckpt = load_judge(judge, device)
-    models = load_models(out_dir, judge_ckpt["meta"])
+    models = load_models(out_dir, judge_ckpt["meta"], f"the judge {judge}")
     for d, net, _, _ in models:
         if prompt_len + gen_length > net.config.block_size:
             fail(f"prompt_len + gen_length exceeds {d}'s context of {net.config.block_size}")
@@ -257,7 +257,7 @@ def samplers_main(model, fam, ckpt, judge_model, data_dir, opts):
 
 def fast_main(model, fam, ckpt, judge_model, data_dir, opts):
     meta, eos = ckpt["meta"], opts["eos"]
-    task, pad, accuracy = load_meta(data_dir).get("task"), None, None
+    task, pad = load_meta(data_dir).get("task"), None
     Ls = parse_lengths(lengths)
     if task:  # num_samples records evenly spaced over the split, in the model's tokens, left-padded to one length
         records, stop, smeta = task_records(data_dir, split, meta, model.config.block_size, 0, fewshot, chat)
@@ -267,14 +267,10 @@ def fast_main(model, fam, ckpt, judge_model, data_dir, opts):
         def accuracy(gen):
             answers = [cut_at_eos(row, eos, 0) for row in gen.tolist()]
             return f"{100 * score(answers, [r for _, r, _ in records], records, smeta, stop)['exact']:.1f}%"
-    else:
+    else:  # text: the judge scores it
         prompts, _ = val_prompts(data_dir, prompt_len + max(Ls), num_samples, prompt_len, split)
-    others = []
-    for d in [d for d in other_dirs.split(",") if d]:
-        net2, ck2, fam2 = load(d, device)
-        if not same_tokens(ck2["meta"], meta):
-            fail(f"{d} reads other tokens than {init_from or out_dir}: it cannot answer the same prompts")
-        others.append((d, net2.eval(), fam2))
+        accuracy = None
+    others = [m[:3] for m in load_models(other_dirs, meta, init_from or out_dir)] if other_dirs else []
     P = prompts.size(1)
     Ls = [L for L in Ls if P + L <= model.config.block_size]
     if not Ls:
@@ -311,8 +307,7 @@ if __name__ == "__main__":
             fewstep_main()
             sys.exit(0)
         if init_from:
-            model, ckpt, fam = pretrained(init_from, device)
-            model.eval()
+            model, ckpt, fam = pretrained(init_from, device)  # in eval mode
         else:
             (_, model, fam, ckpt), = load_models(out_dir)
         needs = {"samplers": ("sampler", "remasking", "eta"), "fast": ("fast", "cache", "threshold", "factor")}[what]

@@ -206,12 +206,13 @@ try:
 except ValueError as e:
     fail(e)
 pre = None  # a pretrained model in the Hugging Face layout (LLaDA) to fine-tune: it reads its own tokens
-if init_from not in ("scratch", "resume") and os.path.isfile(os.path.join(init_from, "config.json")) and not sft:
+hf_init = init_from not in ("scratch", "resume") and os.path.isfile(os.path.join(init_from, "config.json"))
+if hf_init and not sft:
     fail(f"--init_from={init_from} has a tokenizer of its own: it fine-tunes on SFT records, not {dataset}'s stream")
 if sft:  # (prompt, response[, holes]) records: tokenizer.py's SFT contract
     try:
         pairs = {split: load_sft(data_dir, split, block_size, meta["vocab_size"]) for split in ("train", "val")}
-        if init_from not in ("scratch", "resume") and os.path.isfile(os.path.join(init_from, "config.json")):
+        if hf_init:
             pre = pretrained(init_from, device)  # (model, ckpt, family); the records' text in its tokens:
             pairs = {s: [r for r in recode(rs, meta, pre[1]["meta"])[0] if len(r[0]) < block_size]
                      for s, rs in pairs.items()}
