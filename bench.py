@@ -298,8 +298,9 @@ if __name__ == "__main__":
         fail("--init_from is for --what=fast (a pretrained model answering a task: --dataset=gsm8k)")
     if what != "fewstep" and "," in out_dir:
         fail(f"--out_dir={out_dir!r}: one checkpoint for --what={what} (several only for --what=fewstep)")
-    if not all(out_dir.split(",")):
-        fail(f"--out_dir={out_dir!r} has an empty name")
+    for key in ("out_dir", "other_dirs"):
+        if globals()[key] and not all(globals()[key].split(",")):
+            fail(f"--{key}={globals()[key]!r} has an empty name")
     check_device(device)
     check_memory(num_samples * max([gen_length, *parse_lengths(lengths)]) * 8 * 4, f"--num_samples={num_samples}")
     try:
