@@ -1,7 +1,7 @@
 """
 The autoregressive baseline: the same transformer (model.py, causal=True) trained on next-token
 prediction, its exact NLL and its sampler with a K/V cache. It is a family like diffusion.py and
-duo.py, with the same interface (class AR at the end; families.py lists every family).
+duo.py, with the same interface (class AR at the end; families.py says what each name means).
 """
 
 import math
@@ -9,8 +9,9 @@ import math
 import torch
 from torch.nn import functional as F
 
+from model import kv_buffers
+from sample import add_gumbel_noise, canvas, eos_fill
 from tokenizer import sft_rows
-from unmask import add_gumbel_noise
 
 
 def loss(model, batch):
@@ -44,32 +45,30 @@ def token_nll(model, ids, batch_size=64):
 def decode(model, prompt, gen_length, temperature=1.0, generator=None, eos_id=-1, on_step=None):
     """Sample gen_length tokens after prompt (B, P) with a K/V cache: buffers for the whole sequence,
     filled as it grows (the causal mask hides the positions not written yet). Gumbel-max in float64
-    at the given temperature (0: greedy). With eos_id >= 0 it stops once every row has written EOS and
-    fills the rest with EOS. Returns (B, P + gen_length) and the number of forwards."""
+    at the given temperature (0: greedy). With eos_id >= 0 a row that writes EOS is done, EOS after it
+    (sample.eos_fill), and decoding stops when every row is. Returns (B, P + gen_length) and the number
+    of forwards."""
     B, P = prompt.shape
+    m = model.config.mask_id
+    x = canvas(prompt, gen_length, m)  # the positions not written yet hold [MASK]
     logits, fresh = model(prompt, return_kv=True)
-    kv = []
-    for k, v in fresh:  # (B, H, P, D) -> buffers (B, H, P + gen_length, D)
-        kb, vb = k.new_zeros(B, k.size(1), P + gen_length, k.size(3)), v.new_zeros(B, v.size(1), P + gen_length, v.size(3))
+    kv = kv_buffers(fresh, B, P + gen_length)
+    for (kb, vb), (k, v) in zip(kv, fresh):  # (B, H, P, D) into buffers (B, H, P + gen_length, D)
         kb[:, :, :P], vb[:, :, :P] = k, v
-        kv.append((kb, vb))
-    x, done = prompt, torch.zeros(B, dtype=torch.bool, device=prompt.device)
     for i in range(gen_length):
-        tok = add_gumbel_noise(logits[:, -1], temperature, generator).argmax(-1, keepdim=True)  # (B, 1)
-        x = torch.cat([x, tok], 1)
-        done |= tok[:, 0] == eos_id
-        if on_step:  # the canvas so far, the rest shown as [MASK], and the token just written
-            full = torch.cat([x, x.new_full((B, gen_length - i - 1), model.config.mask_id)], 1)
-            on_step(full, torch.arange(full.size(1), device=x.device)[None].expand(B, -1) == P + i)
-        if eos_id >= 0 and done.all():
-            return torch.cat([x, x.new_full((B, gen_length - i - 1), eos_id)], 1), i + 1
-        if i + 1 < gen_length:
-            logits = model(tok, start=P + i, kv=kv)
+        tok = add_gumbel_noise(logits[:, -1], temperature, generator).argmax(-1)  # (B,)
+        x[:, P + i] = torch.where(x[:, P + i] == m, tok, x[:, P + i])  # a finished row keeps its EOS
+        eos_fill(x, P, m, eos_id)
+        if on_step:  # the canvas so far and the position just written
+            on_step(x, torch.arange(x.size(1), device=x.device)[None].expand(B, -1) == P + i)
+        if not (x[:, P:] == m).any():
+            return x, i + 1
+        logits = model(x[:, P + i:P + i + 1], start=P + i, kv=kv)
     return x, gen_length
 
 
 @torch.no_grad()
-def generate(model, prompt, *, gen_length=128, temperature=1.0, eos_id=-1, pad=None, generator=None, on_step=None):
+def generate(model, prompt, *, gen_length, temperature=1.0, eos_id=-1, pad=None, generator=None, on_step=None):
     """decode() with the family interface: prompt (B, P), left-padded by pad (B,) counts when the prompts
     differ in length (the rows of each prompt length decode together: a causal model reads no padding).
     The output is cut at the context. Returns (canvas (B, P + gen_length), forwards per row)."""
@@ -80,8 +79,8 @@ def generate(model, prompt, *, gen_length=128, temperature=1.0, eos_id=-1, pad=N
     nfe = 0.0
     for n in pad.unique().tolist():  # rows with n padding tokens: their prompt is prompt[:, n:]
         rows = (pad == n).nonzero().squeeze(1)
-        x, k = decode(model, prompt[rows, n:], min(gen_length, model.config.block_size - (P - n)), temperature,
-                      generator, eos_id, on_step if len(rows) == B else None)
+        x, k = decode(model, prompt[rows, n:], min(gen_length, model.config.block_size - (P - n)), temperature=temperature,
+                      generator=generator, eos_id=eos_id, on_step=on_step if len(rows) == B else None)
         out[rows, n:n + x.size(1)] = x
         out[rows, :n] = prompt[rows, :n]
         nfe += k * len(rows)
@@ -94,18 +93,19 @@ def generate(model, prompt, *, gen_length=128, temperature=1.0, eos_id=-1, pad=N
 class AR:
     """The autoregressive baseline."""
     flags = dict(causal=True, time_cond=False)  # the model it trains (GPTConfig): causal attention
-    shift = 1         # a training row is block_size + 1 tokens: the last is only a target
+    row_extra = 1     # a training row is block_size + 1 tokens: the last is only a target
     exact = True      # its held-out number is the exact NLL
     infills = False   # generate() writes after the prompt; an answer to an infilling record is the whole text
     converts = ()     # --init_from takes only checkpoints with its flags
-    options = ()      # no train.py option of its own
-    sample_options = ()
+    train_options = {}  # no train.py option of its own
+    model_options = ()
+    sample_options = ("temperature",)
 
-    def __init__(self, cfg, meta, model):
-        self.extra = {}  # modules to checkpoint (none)
+    def __init__(self, config, meta, model):
+        self.saved = {}  # modules to checkpoint (none)
 
     @staticmethod
-    def check(cfg, meta, sft):
+    def check(config, meta, sft):
         """What this family cannot train on, as ValueError (any dataset will do)."""
 
     @staticmethod
@@ -130,10 +130,6 @@ class AR:
             raise ValueError("an autoregressive model cannot score the first token of a window")
         nll = token_nll(model, windows, batch_size)[:, scored[1:].to(windows.device)].mean(1)
         return nll.mean().item(), (nll.std() / math.sqrt(len(nll))).item()
-
-    @staticmethod
-    def check_sampling(**_):
-        """No rule between sampling options: an AR model has none of its own."""
 
     generate = staticmethod(generate)
 

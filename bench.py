@@ -21,13 +21,12 @@ import time
 
 import torch
 
-from configurator import (MAX_STEPS, NON_NEGATIVE, PATH, POSITIVE, SEED, TEMPERATURE, UNIT, check, check_device,
-                          check_memory, configure, fail, one_of, rule)
+from configurator import (MAX_STEPS, PATH, POSITIVE, SEED, check, check_device, check_memory, configure, fail, one_of,
+                          rule)
 from eval import generated, load_judge, quality, score, task_records, val_prompts
-from families import load, options_of, pretrained
-from sample import cut_at_eos
+from families import load, pretrained
+from sample import SAMPLE_OPTIONS, canvas, cut_at_eos, left_pad, option_defaults, option_rules, sampling
 from tokenizer import dataset_dir, load_meta, same_tokens
-from unmask import canvas, left_pad
 
 # -----------------------------------------------------------------------------
 what = "samplers"               # 'samplers' (masked diffusion's samplers), 'fast' (Fast-dLLM vs LLaDA) or 'fewstep'
@@ -37,11 +36,6 @@ num_samples = 8                 # prompts (one generation each per row)
 prompt_len = 16
 gen_length = 96                 # samplers, fewstep: the generation length
 lengths = "128,256,512,1024"    # fast: generation lengths (those that fit the model's context)
-temperature = 0.0
-block_length = 32
-threshold = 0.9
-factor = 1.0
-eta = 0.02                      # remdm's re-masking cap
 other_dirs = ""                 # fast: other models' decodings too, comma-separated out_dirs (AR, block diffusion)
 split = "val"                   # fast, on a task (SFT records): the split whose prompts are answered
 init_from = ""                  # fast: a LLaDA checkpoint in the Hugging Face layout (folder or hub id), not out_dir
@@ -49,10 +43,13 @@ dataset = ""                    # fast: the task its prompts come from (default:
 fewshot = 0                     # fast, on a task: the first k train records before each prompt (as eval.py)
 chat = False                    # fast, init_from: each prompt wrapped in the checkpoint's chat template
 step_counts = "8,16,32,64,256"  # fewstep: the numbers of sampling steps
-top_p = 1.0                     # fewstep, Duo: nucleus on the model's prediction (as sample.py)
-greedy_tail = True              # fewstep, Duo: one more forward at t = 0, the most likely tokens
 seed = 1337
 device = "cuda" if torch.cuda.is_available() else "cpu"
+# the sampling options the tables vary around (sample.SAMPLE_OPTIONS), with these defaults of bench's own:
+SAMPLING = ("block_length", "temperature", "threshold", "factor", "eta", "top_p", "greedy_tail")
+globals().update(option_defaults(*SAMPLING))
+temperature = 0.0               # greedy, as Fast-dLLM's tables: every row a deterministic decoding, agreement exact
+factor = 1.0                    # the fast table's factor row needs a factor (0 turns the rule off)
 # -----------------------------------------------------------------------------
 
 
@@ -149,17 +146,18 @@ def bench_fast(model, fam, judge, prompts, Ls, *, block_length=32, temperature=0
         names = [name for name, _ in rows]
         for name, net2, fam2 in others:
             L2 = min(L, net2.config.block_size - P)
-            o2 = options_of(fam2.sample_options, dict(steps=L2, threshold=threshold, cache="dual"))
+            o2 = sampling(fam2, dict(steps=L2, threshold=threshold, temperature=temperature), L2)
             names.append(f"{name} ({fam2.describe(**o2)}{'' if L2 == L else f', L = {L2}'})")
             fns.append(lambda x, g, net2=net2, fam2=fam2, L2=L2, o2=o2: fam2.generate(
-                net2, x, gen_length=L2, temperature=temperature, eos_id=eos, generator=g, **o2))
+                net2, x, gen_length=L2, eos_id=eos, generator=g, **o2))
         for i, (name, (gen, nfe, secs)) in enumerate(zip(names, run(fns, prompts, seed, pad))):
             tokens = int(generated(gen, 0, eos).sum())  # before the first EOS, as the output is cut
             if i == 0:
                 base, base_tok_s = gen, tokens / secs
             n = min(gen.size(1), base.size(1))
             agree = (gen[:, :n] == base[:, :n]).float().mean().item()
-            print(f"| {L} | {name} | {tokens / secs:.1f} | {nfe:.1f} | {tokens / secs / base_tok_s:.1f}x | "
+            speedup = f"{tokens / secs / base_tok_s:.1f}x" if base_tok_s else "-"  # a baseline that wrote only EOS: none
+            print(f"| {L} | {name} | {tokens / secs:.1f} | {nfe:.1f} | {speedup} | "
                   f"{tokens / len(prompts):.0f} | " + " | ".join(cells(gen)) + f" | {agree:.2f} |", flush=True)
     print("\n| L | one forward: all P + L positions | one block with the dual cache | ratio |")
     print("| --- | --- | --- | --- |")
@@ -168,32 +166,25 @@ def bench_fast(model, fam, judge, prompts, Ls, *, block_length=32, temperature=0
         print(f"| {L} | {full:.1f} ms | {step:.1f} ms | {full / step:.1f} |")
 
 
-def bench_fewstep(models, judge, prompts, L, step_counts, *, temperature=1.0, top_p=1.0, greedy_tail=True, seed=1337,
-                  real=None):
+def bench_fewstep(models, judge, prompts, L, step_counts, *, temperature=1.0, top_p=1.0, greedy_tail=True, seed=1337):
     """Few-step generation: every model at every step count, all prompts in one batch, each by its
     family's sampler (masked diffusion: MDLM ancestral sampling; uniform-state: duo.generate with
     top_p and greedy_tail). "tail rewrites": the share of generated tokens the greedy tail changed (a
-    model that trusts what it reads at t = 0 changes few). models: [(name, model, family)]. real: the
-    val windows (B, P + L) the prompts come from; the share of their last L tokens that each greedy
-    tail rewrites is printed under the table (the same measure on data)."""
+    model that trusts what it reads at t = 0 changes few). models: [(name, model, family)]."""
     P = prompts.size(1)
     print("| model | sampler | steps | NFE | gen PPL | entropy | tail rewrites | s/sample |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    pool = dict(sampler="ancestral", top_p=top_p, greedy_tail=greedy_tail)
     for name, model, fam in models:
-        opts = options_of(fam.sample_options, pool)
         for steps in step_counts:
+            opts = sampling(fam, dict(sampler="ancestral", steps=steps, temperature=temperature, top_p=top_p,
+                                      greedy_tail=greedy_tail), L)
             g, last = torch.Generator(device=prompts.device).manual_seed(seed), {}
             (samples, nfe), secs = timed(lambda: fam.generate(
-                model, prompts, steps=steps, gen_length=L, temperature=temperature, generator=g,
-                on_step=lambda x, changed: last.update(changed=changed), **opts))
+                model, prompts, gen_length=L, generator=g, on_step=lambda x, changed: last.update(changed=changed),
+                **opts))
             rewrites = f"{100 * last['changed'][:, P:].float().mean():.1f}%" if opts.get("greedy_tail") else "-"
             print(f"| {name} | {fam.describe(**opts)} | {steps} | {nfe:.1f} | "
                   + " | ".join(quality(judge, samples, P)) + f" | {rewrites} | {secs / len(prompts):.3f} |", flush=True)
-    for name, model, fam in models:
-        if real is not None and options_of(fam.sample_options, pool).get("greedy_tail"):
-            print(f"\n{name}: its greedy tail rewrites {100 * (fam.tail(model, real) != real)[:, P:].float().mean():.1f}%"
-                  " of the val text itself")
 
 
 @torch.no_grad()
@@ -239,8 +230,7 @@ def fewstep_main():
                                 prompt_len)
     real = real.to(device)
     bench_fewstep([(d, m, fam) for d, m, fam, _ in models], judge_model, prompts.to(device), gen_length,
-                  parse_lengths(step_counts), temperature=temperature, top_p=top_p, greedy_tail=greedy_tail, seed=seed,
-                  real=real)
+                  parse_lengths(step_counts), temperature=temperature, top_p=top_p, greedy_tail=greedy_tail, seed=seed)
     print(f"\n{num_samples} samples of {gen_length} tokens after {prompt_len}-token val prompts, temperature "
           f"{temperature}, one batch; val text: gen PPL, entropy {', '.join(quality(judge_model, real, prompt_len))}. "
           f"Judge: {judge}.")
@@ -260,7 +250,7 @@ def fast_main(model, fam, ckpt, judge_model, data_dir, opts):
     task, pad = load_meta(data_dir).get("task"), None
     Ls = parse_lengths(lengths)
     if task:  # num_samples records evenly spaced over the split, in the model's tokens, left-padded to one length
-        records, stop, smeta = task_records(data_dir, split, meta, model.config.block_size, 0, fewshot, chat)
+        records, stop, smeta = task_records(data_dir, split, meta, model.config.block_size, fewshot=fewshot, chat=chat)
         records = [records[i] for i in torch.linspace(0, len(records) - 1, min(num_samples, len(records))).long()]
         prompts, pad = left_pad([p for p, _, _ in records], eos)
 
@@ -285,15 +275,17 @@ def fast_main(model, fam, ckpt, judge_model, data_dir, opts):
 
 
 if __name__ == "__main__":
-    config_keys = [k for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str))]
-    globals().update(configure({k: globals()[k] for k in config_keys}))
+    config_keys = [k for k, v in globals().items()  # its options: the lower-case names of plain values
+                   if not k.startswith("_") and not k.isupper() and isinstance(v, (int, float, bool, str))]
+    globals().update(configure({k: globals()[k] for k in config_keys},
+                               notes={k: what for k, (_, _, what) in SAMPLE_OPTIONS.items()}))
     check(globals(), dict(what=one_of("samplers", "fast", "fewstep"), num_samples=POSITIVE, prompt_len=POSITIVE,
                           split=one_of("train", "val", "test"),
                           gen_length=POSITIVE, lengths=rule(parse_lengths, "comma-separated positive integers"),
                           step_counts=rule(lambda v: parse_lengths(v) and max(parse_lengths(v)) <= MAX_STEPS,
                                            f"comma-separated positive integers up to {MAX_STEPS:,}"),
-                          out_dir=PATH, judge=PATH, temperature=TEMPERATURE, block_length=POSITIVE, threshold=UNIT, factor=NON_NEGATIVE,
-                          eta=UNIT, seed=SEED, top_p=rule(lambda v: 0 < v <= 1, "in (0, 1]")))
+                          out_dir=PATH, judge=PATH, seed=SEED,
+                          **dict(option_rules(*SAMPLING), block_length=POSITIVE)))  # the tables cut L in blocks
     if init_from and what != "fast":
         fail("--init_from is for --what=fast (a pretrained model answering a task: --dataset=gsm8k)")
     if what != "fewstep" and "," in out_dir:
@@ -316,7 +308,7 @@ if __name__ == "__main__":
             fail(f"--what={what} compares masked diffusion's samplers; {out_dir}'s family has other options "
                  f"({', '.join(fam.sample_options) or 'none'}): use --what=fewstep")
         for L in [gen_length] if what == "samplers" else parse_lengths(lengths):
-            fam.check_sampling(steps=L, gen_length=L, block_length=block_length)
+            sampling(fam, dict(steps=L, block_length=block_length), L)  # the rules between options, before any work
         data_dir = dataset_dir(dataset or ckpt["config"]["dataset"])
         task = load_meta(data_dir).get("task")  # a task is scored by its answers: no judge needed
         if init_from and not task:  # its own tokenizer: no judge of this project reads its text

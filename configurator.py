@@ -48,10 +48,10 @@ def _parse(s):
         return s
 
 
-def configure(defaults, argv=None, given=None):
+def configure(defaults, argv=None, given=None, notes=None):
     """Return the config: defaults, then config files, then --key=value overrides, in argv order.
     given: a set that receives the keys a config file or the command line set (train.py's resume takes
-    every other one from the checkpoint)."""
+    every other one from the checkpoint). notes: {key: what it does}, printed by --help beside its default."""
     one_line_errors()
     argv = sys.argv[1:] if argv is None else argv
     given = set() if given is None else given
@@ -60,7 +60,7 @@ def configure(defaults, argv=None, given=None):
         if arg in ("-h", "--help"):
             print("options (--key=value), with their defaults:")
             for k, v in defaults.items():
-                print(f"  --{k}={v!r}")
+                print(f"  --{k}={v!r}" + (f"  # {notes[k]}" if k in (notes or {}) else ""))
             sys.exit(0)
         if not arg.startswith("--"):  # a config file
             if not os.path.isfile(arg):
@@ -185,7 +185,11 @@ def check_memory(nbytes, what, device="cpu"):
 def one_line_errors():
     """Ctrl-C and a failing file system (disk full, no permission, a read-only disk) end a script with
     one line and a non-zero exit (Ctrl-C: by SIGINT, as Python does), not a traceback. Every write of the project is all or nothing
-    (tokenizer.write_files), so what was on disk before is still whole."""
+    (tokenizer.write_files), so what was on disk before is still whole. stderr becomes line-buffered: under
+    torchrun every rank meets the same bad input and says so, and unbuffered, sys.exit(msg) writes msg and
+    its newline in two calls, so two ranks' lines could run into one (tqdm's '\r' flushes too)."""
+    if hasattr(sys.stderr, "reconfigure"):
+        sys.stderr.reconfigure(line_buffering=True, write_through=False)
     def hook(kind, e, tb):
         if "tqdm" in sys.modules and issubclass(kind, (KeyboardInterrupt, OSError)):  # the line after its bar
             for bar in list(sys.modules["tqdm"].tqdm._instances):

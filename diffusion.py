@@ -10,12 +10,10 @@ For the linear schedule alpha_t = 1 - t the weight is 1/t. Unmasked positions co
 (the model copies them), and the sum is divided by the number of positions L (never by the number
 of masked ones): only then is the number an upper bound on the NLL per token.
 
-The reverse process (the samplers, at the end of the file): LLaDA's remasking sampler, MDLM's
-ancestral sampler and ReMDM's re-masking; Fast-dLLM's cached version of the first is fast_sample.py.
-
-The family interface (class MDLM, at the end; families.py lists every family) is what train.py,
-sample.py, eval.py and bench.py call: noise() and loss() to train, nll() to evaluate, generate() to
-sample.
+Top to bottom: the schedules and the forward process, the ELBO loss (pretraining and SFT), the seam
+train.py calls (noise, loss), the held-out bound (nll_bound, shared by every diffusion family), and
+the family class MDLM (families.py lists every family): what train.py, sample.py, eval.py and bench.py
+call. The reverse process, LLaDA's and MDLM's samplers, is sample.py; Fast-dLLM's is fast_sample.py.
 """
 
 import math
@@ -24,8 +22,9 @@ import torch
 from torch.nn import functional as F
 
 import fast_sample
+import sample
+from configurator import one_of, rule
 from tokenizer import sft_rows
-from unmask import add_gumbel_noise, blocks, canvas, check_blocks, commit, num_transfer_tokens, padded_forward
 
 SCHEDULES = ("linear", "cosine")
 
@@ -134,7 +133,7 @@ def noise(x0, maskable, mask_id, schedule="linear", masking="rate", eps=1e-3, an
         x_t, masked = q_sample_count(x0, l, mask_id, maskable, generator)
     else:
         t = sample_t(x0.size(0), eps, antithetic, x0.device, generator)
-        x_t, masked = q_sample(x0, t, mask_id, schedule, maskable, generator)
+        x_t, masked = q_sample(x0, t, mask_id, schedule=schedule, maskable=maskable, generator=generator)
         w = loss_weight(t, schedule)
     if flat:  # the same masks, every masked token weighted alike
         w = flat_weight(masked, maskable)
@@ -151,135 +150,60 @@ def loss(model, batch, reduce=True):
 
 
 @torch.no_grad()
-def nll_bound(model, batches, mask_id, schedule="linear", eps=1e-3, n_draws=1, seed=0, count=False,
-              maskable=None):
-    """Monte-Carlo upper bound on the NLL per token of held-out data, nats. batches: an iterable of
-    (B, L) id tensors. Deterministic given the seed (one generator drives every time and mask draw).
-    count=True uses the lower-variance estimator (q_sample_count). maskable: optional (L,) bool, the
-    positions to score (the others are given, clean, as context).
-    Returns (mean, standard error of the mean over sequences and draws)."""
+def nll_bound(score, windows, scored, n_draws=8, seed=0, batch_size=64):
+    """Monte-Carlo upper bound on the NLL per scored token of held-out windows (N, T), nats, for any
+    diffusion family: score(x0, keep, generator) -> (B,) is one noise draw's bound of each row of x0 (B, T),
+    keep (B, T) the positions scored (the others given, clean, as context). Deterministic given the seed:
+    one generator drives every draw. Returns (mean, standard error over windows and draws)."""
+    gen = torch.Generator(device=windows.device).manual_seed(seed)
     vals = []
-    gen = None
-    for x0 in batches:
-        if gen is None:
-            gen = torch.Generator(device=x0.device).manual_seed(seed)
-        scored = None if maskable is None else maskable.to(x0.device)[None].expand_as(x0)
-        for _ in range(n_draws):
-            batch = noise(x0, scored, mask_id, schedule, "count" if count else "rate", eps, generator=gen)
-            vals.append(loss(model, batch, reduce=False).float())
+    for x0 in windows.split(batch_size):
+        keep = scored.to(x0.device)[None].expand_as(x0)
+        vals += [score(x0, keep, gen).float() for _ in range(n_draws)]
     v = torch.cat(vals)
     return v.mean().item(), (v.std() / math.sqrt(v.numel())).item()
 
 
 # -----------------------------------------------------------------------------
-# The reverse process: the samplers
-
-SAMPLERS = ("llada", "ancestral", "remdm")
-
-
-@torch.no_grad()
-def generate(model, prompt, *, steps=128, gen_length=128, block_length=128, temperature=0.0,
-             remasking="low_confidence", cfg_scale=0.0, mask_id=None, eos_id=-1, forbid_eos=False, pad=None,
-             generator=None, on_step=None):
-    """The LLaDA sampler. prompt: (B, P) ids, [MASK] allowed (infilled together with the first block);
-    pad: optional (B,) left-padding counts. Returns (canvas (B, P + gen_length), NFE per row)."""
-    m = model.config.mask_id if mask_id is None else mask_id
-    x = canvas(prompt, gen_length, m)
-    given = x != m  # prompt (and padding): never changed; masked out for the unconditional pass
-    fwd, nfe = padded_forward(model, pad, x.size(1), eos_id if forbid_eos else -1), 0
-    for lo, e, n_steps in blocks(x, prompt.size(1), gen_length, block_length, steps, m):
-        k = num_transfer_tokens(x[:, lo:e] == m, n_steps)  # (B, n_steps) commits per step
-        for i in range(n_steps):
-            if cfg_scale > 0:  # classifier-free guidance: u + (s + 1)(c - u), u = prompt masked
-                c, u = fwd(torch.cat([x, torch.where(given, m, x)]), torch.arange(len(x)).repeat(2)).chunk(2)
-                logits = torch.where(c == float("-inf"), c, u + (cfg_scale + 1) * (c - u))  # -inf stays -inf
-                nfe += 2
-            else:
-                logits = fwd(x)
-                nfe += 1
-            cand, chosen = commit(logits[:, lo:e], x[:, lo:e] == m, k[:, i], temperature, remasking, generator)
-            x[:, lo:e] = torch.where(chosen, cand, x[:, lo:e])
-            if on_step:
-                on_step(x, torch.nn.functional.pad(chosen, (lo, x.size(1) - e)))
-    return x, nfe
-
-
-@torch.no_grad()
-def generate_ancestral(model, prompt, *, steps=128, gen_length=128, temperature=1.0, schedule="linear", eta=0.0,
-                       mask_id=None, eos_id=-1, forbid_eos=False, pad=None, generator=None, on_step=None):
-    """MDLM ancestral sampling (eta = 0) or ReMDM remasking (eta > 0) on the time grid
-    1 = t_0 > t_1 > ... > t_steps = 0. Returns (canvas, NFE per row)."""
-    if steps <= 0:
-        raise ValueError(f"steps={steps} must be positive")
-    m = model.config.mask_id if mask_id is None else mask_id
-    x = canvas(prompt, gen_length, m)
-    B, given = x.size(0), x != m
-    fwd = padded_forward(model, pad, x.size(1), eos_id if forbid_eos else -1)
-    logits, stale, calls = None, torch.ones(B, dtype=torch.bool, device=x.device), 0
-    ts = torch.linspace(1, 0, steps + 1, dtype=torch.float64)
-    for i in range(steps):
-        a_t, a_s = alpha(ts[i], schedule)[0].item(), alpha(ts[i + 1], schedule)[0].item()
-        p_remask = min(eta, (1 - a_s) / a_t) if a_t > 0 else 0.0  # ReMDM's sigma_t, "cap" schedule; 0 for MDLM
-        p_reveal = (a_s - (1 - p_remask) * a_t) / (1 - a_t)  # masked -> token: the reverse posterior
-        if stale.any():  # the no-change shortcut: a row whose canvas did not change keeps its prediction
-            rows = stale.nonzero().squeeze(1)
-            out = fwd(x[rows], rows)  # (n, T, V)
-            logits = out if logits is None else logits.index_copy_(0, rows, out)
-            calls += len(rows)
-        masked = x == m
-        u = torch.rand(x.shape, dtype=torch.float64, device=x.device, generator=generator)
-        reveal = masked & (u < p_reveal)
-        remask = ~masked & ~given & (u < p_remask)  # decoded -> [MASK] with probability sigma_t
-        new = x.clone()
-        new[reveal] = add_gumbel_noise(logits[reveal], temperature, generator).argmax(-1)
-        new[remask] = m
-        stale = (new != x).any(1)
-        x = new
-        if on_step:
-            on_step(x, reveal)
-    return x, calls / B
-
-
-def check_sampling(sampler="llada", fast=False, cfg_scale=0.0, steps=128, gen_length=128, block_length=128, **_):
-    """The rules between sampling options, raised as ValueError: --fast accelerates LLaDA's sampler
-    without guidance; only LLaDA's sampler (and --fast) decodes in blocks."""
-    if fast and (sampler != "llada" or cfg_scale > 0):
-        raise ValueError("--fast accelerates the llada sampler without guidance (sampler=llada, cfg_scale=0)")
-    if sampler == "llada":
-        check_blocks(gen_length, block_length, steps)
-    elif steps <= 0:
-        raise ValueError(f"--steps={steps} must be positive")
-
-
-# -----------------------------------------------------------------------------
 # The family interface: the names train.py, sample.py, eval.py and bench.py call, the same in ar.AR,
-# duo.Duo and duo.DCD (families.py lists them)
+# duo.Duo, duo.DCD and bd3.BD3 (families.py says what each means)
 
 class MDLM:
     """Masked diffusion (MDLM / LLaDA)."""
     flags = dict(causal=False, time_cond=False)  # the model it trains (GPTConfig): bidirectional, no time input
-    shift = 0         # a training row is block_size tokens
+    row_extra = 0     # a training row is block_size tokens
     exact = False     # its held-out number is a bound on the NLL
     infills = True    # generate() also fills the [MASK]s inside a prompt
     converts = ()     # --init_from takes only checkpoints with its flags
-    options = ("schedule", "masking", "train_loss", "t_eps", "antithetic")  # the train.py options it reads
-    sample_options = ("steps", "sampler", "block_length", "remasking", "cfg_scale", "eta", "forbid_eos", "fast",
-                      "cache", "threshold", "factor")  # the sampling options generate() reads
+    # the train.py options it reads, name: (default, rule, what it does); bd3.py and duo.py share some
+    train_options = {
+        "schedule": ("linear", one_of(*SCHEDULES), "the noise schedule alpha_t (diffusion.alpha)"),
+        "masking": ("rate", one_of("rate", "count"), "'rate': each token masked w.p. 1 - alpha_t (MDLM); "
+                                                     "'count': exactly l ~ U{1..L} of them (LLaDA)"),
+        "train_loss": ("elbo", one_of("elbo", "flat"), "'elbo': the NELBO (a bound); 'flat': the mean CE of "
+                                                       "the masked tokens (a surrogate, diffusion.flat_weight)"),
+        "t_eps": (1e-3, rule(lambda v: 0 < v < 1, "in (0, 1)"), "t ~ U(t_eps, 1)"),
+        "antithetic": (True, None, "low-discrepancy times across the global batch"),
+    }
+    model_options = ()  # train options written into the model's config (none)
+    sample_options = ("steps", "block_length", "temperature", "sampler", "remasking", "cfg_scale", "eta",
+                      "forbid_eos", "fast", "cache", "threshold", "factor", "eos_stop")  # sample.SAMPLE_OPTIONS
 
-    def __init__(self, cfg, meta, model):
-        """The training side, for train.py's options cfg on a dataset with vocabulary meta."""
-        self.cfg, self.mask_id, self.extra = cfg, meta["mask_id"], {}  # extra: modules to checkpoint (none)
+    def __init__(self, config, meta, model):
+        """The training side, for train.py's options (config) on a dataset with vocabulary meta."""
+        self.config, self.mask_id, self.saved = config, meta["mask_id"], {}  # saved: modules to checkpoint (none)
 
     @staticmethod
-    def check(cfg, meta, sft):
+    def check(config, meta, sft):
         """What this family cannot train on, as ValueError (masked diffusion trains on any dataset)."""
 
     def noise(self, x0, maskable, generator, step, val):
         """The noise of a batch of clean rows; the val bound always takes the lower-variance count
         estimator and the ELBO's own weights, whatever trains."""
-        c = self.cfg
-        return noise(x0, maskable, self.mask_id, c["schedule"], "count" if val else c["masking"], c["t_eps"],
-                     c["antithetic"], flat=c["train_loss"] == "flat" and not val, generator=generator)
+        o = self.config  # train.py's options
+        return noise(x0, maskable, self.mask_id, schedule=o["schedule"], masking="count" if val else o["masking"],
+                     eps=o["t_eps"], antithetic=o["antithetic"], flat=o["train_loss"] == "flat" and not val,
+                     generator=generator)
 
     def loss(self, model, batch):
         return loss(model, batch)
@@ -297,28 +221,27 @@ class MDLM:
     def nll(model, windows, scored, n_draws=8, seed=0, batch_size=64):
         """Held-out NLL bound per scored token of windows (N, T); scored: (T,) bool, the positions
         scored (the rest given as context). LLaDA's lower-variance estimator. (mean, standard error)."""
-        return nll_bound(model, windows.split(batch_size), model.config.mask_id, n_draws=n_draws, seed=seed,
-                         count=True, maskable=scored)
-
-    check_sampling = staticmethod(check_sampling)
+        m = model.config.mask_id
+        return nll_bound(lambda x0, keep, g: loss(model, noise(x0, keep, m, masking="count", generator=g), reduce=False),
+                         windows, scored, n_draws=n_draws, seed=seed, batch_size=batch_size)
 
     @staticmethod
-    def generate(model, prompt, *, sampler="llada", fast=False, steps=128, gen_length=128, block_length=128,
-                 temperature=0.0, remasking="low_confidence", cfg_scale=0.0, eta=0.0, cache="dual", threshold=0.9,
-                 factor=0.0, **kw):
-        """Any masked-diffusion sampler by its command-line options: sampler='llada' (generate), 'ancestral'
-        or 'remdm' (generate_ancestral, eta for remdm only), fast=True for Fast-dLLM's version of llada
-        (fast_sample.generate). kw: eos_id, forbid_eos, pad, generator, on_step. (canvas, NFE per row)."""
-        check_sampling(sampler, fast, cfg_scale, steps, gen_length, block_length)
-        if fast:
-            return fast_sample.generate(model, prompt, steps=steps, gen_length=gen_length, block_length=block_length,
-                                        temperature=temperature, remasking=remasking, cache=cache,
-                                        threshold=threshold, factor=factor, **kw)
-        if sampler == "llada":
-            return generate(model, prompt, steps=steps, gen_length=gen_length, block_length=block_length,
-                            temperature=temperature, remasking=remasking, cfg_scale=cfg_scale, **kw)
-        return generate_ancestral(model, prompt, steps=steps, gen_length=gen_length, temperature=temperature,
-                                  eta=eta if sampler == "remdm" else 0.0, **kw)
+    def generate(model, prompt, *, gen_length, eos_id=-1, pad=None, generator=None, on_step=None, **opts):
+        """Any masked-diffusion sampler by its sampling options (sample.sampling's; one not given takes
+        sample.SAMPLE_OPTIONS' default): sampler='llada' (sample.generate), 'ancestral' or 'remdm'
+        (sample.generate_ancestral, eta for remdm only), fast=True for Fast-dLLM's version of llada
+        (fast_sample.generate). Returns (canvas, NFE per row)."""
+        o = dict(sample.option_defaults(*MDLM.sample_options), **opts)
+        kw = dict(steps=o["steps"], gen_length=gen_length, temperature=o["temperature"], eos_id=eos_id,
+                  forbid_eos=o["forbid_eos"], pad=pad, generator=generator, on_step=on_step)
+        if o["fast"]:
+            return fast_sample.generate(model, prompt, block_length=o["block_length"], remasking=o["remasking"],
+                                        cache=o["cache"], threshold=o["threshold"], factor=o["factor"],
+                                        eos_stop=o["eos_stop"], **kw)
+        if o["sampler"] == "llada":
+            return sample.generate(model, prompt, block_length=o["block_length"], remasking=o["remasking"],
+                                   cfg_scale=o["cfg_scale"], **kw)
+        return sample.generate_ancestral(model, prompt, eta=o["eta"] if o["sampler"] == "remdm" else 0.0, **kw)
 
     @staticmethod
     def describe(sampler="llada", fast=False, remasking="low_confidence", cache="dual", threshold=0.9, **_):

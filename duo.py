@@ -49,8 +49,10 @@ import math
 import torch
 from torch.nn import functional as F
 
+import diffusion
+from configurator import NON_NEGATIVE, POSITIVE, rule
 from diffusion import sample_t
-from unmask import add_gumbel_noise
+from sample import add_gumbel_noise
 
 ALPHA_MIN = 1e-3  # alpha_1: the log-linear schedule stops just short of pure noise
 
@@ -85,15 +87,15 @@ def gauss_alpha(gamma):
 
 def T_of(at, K, n=2001):
     """(T(at), dT/dat) for a 1-D float64 tensor of at in (0, 1), by the trapezoid rule over z.
-    The integrand phi(z - c) Phi(z)^(K-1), c = at / st, is taken in log space ((K - 1) log Phi
-    underflows otherwise for K = 50257); d/dc of the integral is that of (z - c) phi(z - c) Phi^(K-1)."""
-    c = (at / (1 - at ** 2).sqrt())[:, None]  # (n_a, 1)
-    z = torch.linspace(-12, 12, n, dtype=torch.float64)[None] + torch.clamp(c, min=0)  # where phi(z - c) lives
-    f = torch.exp(-0.5 * (z - c) ** 2 - 0.5 * math.log(2 * math.pi) + (K - 1) * torch.special.log_ndtr(z))
+    The integrand phi(z - r) Phi(z)^(K-1), r = at / st, is taken in log space ((K - 1) log Phi
+    underflows otherwise for K = 50257); d/dr of the integral is that of (z - r) phi(z - r) Phi^(K-1)."""
+    r = (at / (1 - at ** 2).sqrt())[:, None]  # (n_a, 1)
+    z = torch.linspace(-12, 12, n, dtype=torch.float64)[None] + torch.clamp(r, min=0)  # where phi(z - r) lives
+    f = torch.exp(-0.5 * (z - r) ** 2 - 0.5 * math.log(2 * math.pi) + (K - 1) * torch.special.log_ndtr(z))
     P = torch.trapezoid(f, z, dim=1)
-    dP_dc = torch.trapezoid((z - c) * f, z, dim=1)
-    dc_da = (1 - at ** 2) ** -1.5
-    return K / (K - 1) * (P - 1 / K), K / (K - 1) * dP_dc * dc_da
+    dP_dr = torch.trapezoid((z - r) * f, z, dim=1)
+    dr_da = (1 - at ** 2) ** -1.5
+    return K / (K - 1) * (P - 1 / K), K / (K - 1) * dP_dr * dr_da
 
 
 _tables = {}
@@ -199,24 +201,6 @@ def loss(model, batch, reduce=True):
     return per_row.mean() if reduce else per_row
 
 
-@torch.no_grad()
-def nll_bound(model, batches, n_draws=1, seed=0, maskable=None):
-    """Monte-Carlo upper bound on the NLL per token of held-out data (the discrete NELBO + the prior
-    term), like diffusion.nll_bound: batches of (B, L) ids; maskable: optional (L,) bool, the positions
-    scored. Returns (mean, standard error). The draws are heavy-tailed near t = t_eps (a replaced token
-    weighs ~K / (1 - alpha_t)): average over many sequences or draws."""
-    vals, gen = [], None
-    for x0 in batches:
-        if gen is None:
-            gen = torch.Generator(device=x0.device).manual_seed(seed)
-        K = model.config.vocab_size - 1
-        scored = None if maskable is None else maskable.to(x0.device)[None].expand_as(x0)
-        for _ in range(n_draws):
-            vals.append(loss(model, noise(x0, scored, K, generator=gen), reduce=False).float())
-    v = torch.cat(vals)
-    return v.mean().item() + prior_kl(model.config.vocab_size - 1), (v.std() / math.sqrt(v.numel())).item()
-
-
 # -----------------------------------------------------------------------------
 # Sampling
 
@@ -251,14 +235,8 @@ def tail(model, x):
     return model(x, sigma=torch.zeros(len(x), device=x.device))[..., :K].argmax(-1)
 
 
-def check_sampling(steps=128, **_):
-    """The sampling options' rules, as ValueError."""
-    if steps <= 0:
-        raise ValueError(f"--steps={steps} must be positive")
-
-
 @torch.no_grad()
-def generate(model, prompt, *, steps=128, gen_length=128, temperature=1.0, top_k=0, top_p=1.0, greedy_tail=True,
+def generate(model, prompt, *, steps, gen_length, temperature=1.0, top_k=0, top_p=1.0, greedy_tail=True,
              eos_id=-1, pad=None, generator=None, on_step=None):
     """Ancestral sampling on the grid 1 = t_0 > ... > t_steps = 0. The canvas is the prompt (B, P), kept
     and seen clean, then gen_length positions; these and any [MASK] in the prompt (infilling) start as
@@ -267,7 +245,8 @@ def generate(model, prompt, *, steps=128, gen_length=128, temperature=1.0, top_k
     a last denoising pass that replaces the tokens the model finds out of place (Duo's noise removal,
     as in its reference sampler). eos_id is not used: Duo trains on token streams, whose vocabulary has
     no EOS. Returns (canvas (B, P + gen_length), NFE per row: steps + greedy_tail)."""
-    check_sampling(steps)
+    if steps <= 0:
+        raise ValueError(f"--steps={steps} must be positive")
     if pad is not None:
         raise ValueError("uniform-state diffusion samples prompts of one length (no left padding)")
     K, m = model.config.vocab_size - 1, model.config.mask_id
@@ -336,32 +315,36 @@ def dcd_loss(student, teacher, batch, reduce=True):
 class Duo:
     """Uniform-state diffusion (Duo)."""
     flags = dict(causal=False, time_cond=True)  # the model it trains (GPTConfig): bidirectional, reads sigma
-    shift = 0         # a training row is block_size tokens
+    row_extra = 0     # a training row is block_size tokens
     exact = False     # its held-out number is a bound on the NLL
     infills = True    # generate() also fills the [MASK]s inside a prompt
     converts = ()     # --init_from takes only checkpoints with its flags
-    options = ("t_eps", "antithetic", "curriculum_iters", "tau")  # the train.py options it reads
-    sample_options = ("steps", "top_k", "top_p", "greedy_tail")   # the sampling options generate() reads
+    train_options = {  # the train.py options it reads: masked diffusion's t_eps and antithetic, and its curriculum
+        **{k: diffusion.MDLM.train_options[k] for k in ("t_eps", "antithetic")},
+        "curriculum_iters": (0, NON_NEGATIVE, "duo: the first this many steps read the Gaussian curriculum's soft input"),
+        "tau": (1e-3, POSITIVE, "duo: the curriculum's softmax temperature")}
+    model_options = ()
+    sample_options = ("steps", "temperature", "top_k", "top_p", "greedy_tail")  # sample.SAMPLE_OPTIONS
 
-    def __init__(self, cfg, meta, model):
-        """The training side, for train.py's options cfg on a dataset with vocabulary meta."""
-        self.cfg, self.K, self.extra = cfg, meta["vocab_size"] - 1, {}  # extra: modules to checkpoint (none)
+    def __init__(self, config, meta, model):
+        """The training side, for train.py's options (config) on a dataset with vocabulary meta."""
+        self.config, self.K, self.saved = config, meta["vocab_size"] - 1, {}  # saved: modules to checkpoint (none)
 
     @staticmethod
-    def check(cfg, meta, sft):
+    def check(config, meta, sft):
         """What Duo cannot train on, as ValueError: SFT records, a vocabulary whose [MASK] is not last."""
         if meta["mask_id"] != meta["vocab_size"] - 1:  # the K real tokens are the ids before [MASK]
-            raise ValueError(f"--objective={cfg['objective']} needs [MASK] as the last id of the vocabulary "
-                             f"({cfg['dataset']}'s is {meta['mask_id']} of {meta['vocab_size']})")
+            raise ValueError(f"--objective={config['objective']} needs [MASK] as the last id of the vocabulary "
+                             f"({config['dataset']}'s is {meta['mask_id']} of {meta['vocab_size']})")
         if sft:
-            raise ValueError(f"{cfg['dataset']} holds SFT records, which train objective=mdlm or ar")
+            raise ValueError(f"{config['dataset']} holds SFT records, which train objective=mdlm or ar")
 
     def noise(self, x0, maskable, generator, step, val):
         """The noise of a batch: the curriculum's soft input for its first steps, else (and for the val
         bound, always) the discrete process."""
-        c = self.cfg
-        return noise(x0, maskable, self.K, curriculum=not val and step < c["curriculum_iters"], tau=c["tau"],
-                     t_eps=c["t_eps"], antithetic=c["antithetic"], generator=generator)
+        o = self.config  # train.py's options
+        return noise(x0, maskable, self.K, curriculum=not val and step < o["curriculum_iters"], tau=o["tau"],
+                     t_eps=o["t_eps"], antithetic=o["antithetic"], generator=generator)
 
     def loss(self, model, batch):
         return loss(model, batch)
@@ -373,12 +356,15 @@ class Duo:
 
     @staticmethod
     def nll(model, windows, scored, n_draws=8, seed=0, batch_size=64):
-        """Held-out NLL bound per scored token of windows (N, T); scored: (T,) bool. (mean, standard error)."""
-        return nll_bound(model, windows.split(batch_size), n_draws=n_draws, seed=seed, maskable=scored)
+        """Held-out NLL bound per scored token of windows (N, T); scored: (T,) bool: the discrete NELBO plus
+        the prior term. (mean, standard error). The draws are heavy-tailed near t = t_eps (a replaced token
+        weighs ~K / (1 - alpha_t)): average over many windows or draws."""
+        K = model.config.vocab_size - 1
+        mean, se = diffusion.nll_bound(lambda x0, keep, g: loss(model, noise(x0, keep, K, generator=g), reduce=False),
+                                       windows, scored, n_draws=n_draws, seed=seed, batch_size=batch_size)
+        return mean + prior_kl(K), se
 
-    check_sampling = staticmethod(check_sampling)
     generate = staticmethod(generate)
-    tail = staticmethod(tail)  # the greedy tail alone (bench.py measures what it rewrites)
 
     @staticmethod
     def describe(greedy_tail=True, top_k=0, top_p=1.0, **_):
@@ -389,17 +375,21 @@ class Duo:
 class DCD(Duo):
     """Duo's discrete consistency distillation: a Duo model that trains towards a teacher, samples and
     is evaluated as Duo. The teacher is the student copied at the start of every round."""
-    options = ("t_eps", "antithetic", "dcd_delta", "dcd_round_iters")  # t_eps, antithetic: its val bound
+    train_options = {  # t_eps, antithetic: its val bound (Duo's)
+        **{k: diffusion.MDLM.train_options[k] for k in ("t_eps", "antithetic")},
+        "dcd_delta": (0.02, rule(lambda v: 0 < v < 1, "in (0, 1)"), "dcd: the teacher's time step in the first "
+                                                                     "round; it doubles every round"),
+        "dcd_round_iters": (200, POSITIVE, "dcd: steps per round; the teacher is the student copied at its start")}
 
-    def __init__(self, cfg, meta, model):
-        super().__init__(cfg, meta, model)
+    def __init__(self, config, meta, model):
+        super().__init__(config, meta, model)
         self.teacher = copy.deepcopy(model).eval().requires_grad_(False)
-        self.extra = {"teacher": self.teacher}  # checkpointed: a resumed round keeps its teacher
+        self.saved = {"teacher": self.teacher}  # checkpointed: a resumed round keeps its teacher
 
     @staticmethod
-    def check(cfg, meta, sft):
-        Duo.check(cfg, meta, sft)
-        if cfg["init_from"] == "scratch":
+    def check(config, meta, sft):
+        Duo.check(config, meta, sft)
+        if config["init_from"] == "scratch":
             raise ValueError("--objective=dcd distils a trained Duo model: give it with --init_from=<out_dir of "
                              "objective=duo>")
 
@@ -407,8 +397,8 @@ class DCD(Duo):
         """A distillation batch; delta doubles every round (up to 1/2). The val bound is Duo's."""
         if val:
             return super().noise(x0, maskable, generator, step, val)
-        c = self.cfg
-        return dcd_noise(x0, maskable, self.K, min(0.5, c["dcd_delta"] * 2 ** (step // c["dcd_round_iters"])),
+        o = self.config  # train.py's options
+        return dcd_noise(x0, maskable, self.K, min(0.5, o["dcd_delta"] * 2 ** (step // o["dcd_round_iters"])),
                          generator)
 
     def loss(self, model, batch):
@@ -418,5 +408,5 @@ class DCD(Duo):
 
     def begin_step(self, step, model):
         """A new round: the teacher is the student now."""
-        if step % self.cfg["dcd_round_iters"] == 0:
+        if step % self.config["dcd_round_iters"] == 0:
             self.teacher.load_state_dict(model.state_dict())

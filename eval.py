@@ -43,15 +43,12 @@ import torch
 from tqdm import tqdm
 
 from ar import token_nll
-from configurator import (NON_NEGATIVE, PATH, POSITIVE, SEED, STEPS, TEMPERATURE, UNIT, check, check_device,
-                          check_memory, check_writable, command_line_keys, configure, fail, one_of)
-from diffusion import SAMPLERS
-from families import load, options_of, pretrained
-from fast_sample import CACHES
-from sample import cut_at_eos
+from configurator import (NON_NEGATIVE, PATH, POSITIVE, SEED, check, check_device, check_memory, check_writable,
+                          command_line_keys, configure, fail, one_of)
+from families import load, pretrained
+from sample import SAMPLE_OPTIONS, cut_at_eos, left_pad, option_defaults, option_rules, sampling
 from tokenizer import (as_pair, check_stream, dataset_dir, get_codec, load_meta, load_sft, recode, same_tokens,
                        write_files)
-from unmask import REMASKING, left_pad
 
 
 def val_windows(data_dir, T, split="val"):
@@ -234,21 +231,11 @@ judge = "out-judge-char"        # out_dir of the AR judge
 n_draws = 8                     # noise draws per val window for the diffusion bound
 num_samples = 64
 prompt_len = 16                 # prompt tokens, from the val split
-gen_length = 112                # generated tokens per sample
-steps = 0                       # diffusion sampling steps; 0: gen_length (one token per step)
-block_length = 0                # 0: gen_length (no semi-autoregressive blocks)
-temperature = 1.0
-remasking = "random"            # random + one token per step + T=1: an exact sample from the model
-# accuracy: the split, the sampler (table defaults above apply unless given; accuracy's own: temperature 0,
-# low_confidence, steps 0 = one token per step), batching, and the order in which a Sudoku was filled
+gen_length = 112                # generated tokens per sample (accuracy: 0, the longest answer + its EOS)
+# accuracy: the split, batching, and the order in which a Sudoku was filled
 split = "test"
 max_records = 0                 # score the first this many records (0: all)
 batch_size = 64
-sampler = "llada"               # as sample.py: llada, ancestral, remdm (a Duo or AR checkpoint uses its own)
-fast = False
-cache = "dual"
-threshold = 0.9
-factor = 0.0
 init_from = ""                  # accuracy: a LLaDA checkpoint in the Hugging Face layout (folder or hub id), not --ckpts
 dataset = ""                    # accuracy: the task answered (default: each checkpoint's own; needed with --init_from)
 fewshot = 0                     # accuracy: the first k train records before each prompt as worked examples (lm-eval)
@@ -256,6 +243,10 @@ chat = False                    # accuracy, --init_from: each prompt wrapped in 
 order = ""                      # write the step at which each blank of the first record was filled to this file
 seed = 1337
 device = "cuda" if torch.cuda.is_available() else "cpu"
+globals().update(option_defaults())  # the sampling options (sample.SAMPLE_OPTIONS), with these defaults of eval's own:
+block_length = 0                # one block: the table's exact samples and the task's answers decode the whole canvas
+temperature = 1.0               # the table's samples are exact draws (accuracy: 0 unless given, the best answer)
+remasking = "random"            # a uniformly random order, one token per step (accuracy: low_confidence unless given)
 # -----------------------------------------------------------------------------
 
 
@@ -274,22 +265,17 @@ def accuracy_main():
         meta = ckpt["meta"]
         get_codec(meta)  # the answers are decoded to be scored: a tokenizer that cannot load stops us before the work
         records, stop, meta = task_records(dataset_dir(dataset or ckpt["config"]["dataset"]), split, meta,
-                                           model.config.block_size, max_records, fewshot, chat)
+                                           model.config.block_size, n=max_records, fewshot=fewshot, chat=chat)
         if not records:
             fail(f"{out_dir}'s dataset has no {split} record that fits its context")
-        opts = options_of(fam.sample_options, task)
         answer_len = L or max(len(r) for _, r, _ in records) + 1
         if max(len(p) for p, _, _ in records) + answer_len > model.config.block_size:
             fail(f"the longest {split} prompt ({max(len(p) for p, _, _ in records)} tokens) + answers of {answer_len} "
                  f"exceed {out_dir}'s context of {model.config.block_size} tokens (--gen_length)")
-        if opts.get("steps") == 0:  # one token per step: every hole and generated token
-            opts["steps"] = answer_len + max(len(h) for _, _, h in records)
-        if opts.get("block_length") == 0:  # one block
-            opts["block_length"] = answer_len
+        opts = sampling(fam, task, answer_len, max(len(h) for _, _, h in records))  # steps 0: every hole and token
         fill = FillOrder()
-        fam.check_sampling(gen_length=answer_len, **opts)
         answers, targets, nfe, secs = answer_records(
-            model.eval(), fam, records, meta, batch_size=batch_size, gen_length=L, temperature=task["temperature"],
+            model.eval(), fam, records, meta, batch_size=batch_size, gen_length=L,
             generator=torch.Generator(device=device).manual_seed(seed), on_step=fill if order else None, **opts)
         res = score(answers, targets, records, meta, stop)
         # answer tokens: the holes and what follows the prompt (an AR model's copy of the givens not counted)
@@ -318,9 +304,7 @@ def table_main():
             fail(f"{out_dir} was trained on other data than the judge ({ckpt['config'].get('dataset')})")
         if T > model.config.block_size:
             fail(f"prompt_len + gen_length = {T} exceeds {out_dir}'s context of {model.config.block_size}")
-        opts = options_of(fam.sample_options, dict(globals(), steps=steps or gen_length,
-                                                   block_length=block_length or gen_length))
-        fam.check_sampling(gen_length=gen_length, **opts)
+        opts = sampling(fam, globals(), gen_length)
         models.append((out_dir, model.eval(), ckpt, fam, opts))
     T_nll = min(net.config.block_size for _, net, _, _, _ in models)  # every model scored on the same windows
     windows = val_windows(data_dir, T_nll).to(device)
@@ -333,7 +317,7 @@ def table_main():
     shown = [("val text", real[0].tolist())]
     for out_dir, model, ckpt, fam, opts in models:
         eos = ckpt["meta"].get("eos_id", -1)  # an SFT vocabulary's EOS, past the judge's embedding: cut there
-        samples, _ = fam.generate(model, prompts, gen_length=gen_length, temperature=temperature, eos_id=eos,
+        samples, _ = fam.generate(model, prompts, gen_length=gen_length, eos_id=eos,
                                   generator=torch.Generator(device=device).manual_seed(seed), **opts)
         mean, se = heldout_nll(model, fam, windows, n_draws, seed)
         cells = [f"{model.num_params() / 1e6:.2f}M", f"{ckpt['tokens'] / 1e6:.1f}M", f"{ckpt['train_time'] / 60:.1f} min",
@@ -350,14 +334,14 @@ def table_main():
 
 
 if __name__ == "__main__":
-    config_keys = [k for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str))]
-    globals().update(configure({k: globals()[k] for k in config_keys}))
+    config_keys = [k for k, v in globals().items()  # its options: the lower-case names of plain values
+                   if not k.startswith("_") and not k.isupper() and isinstance(v, (int, float, bool, str))]
+    globals().update(configure({k: globals()[k] for k in config_keys},
+                               notes={k: what for k, (_, _, what) in SAMPLE_OPTIONS.items()}))
     check(globals(), dict(mode=one_of("table", "accuracy"), n_draws=POSITIVE, num_samples=POSITIVE,
-                          prompt_len=POSITIVE, gen_length=NON_NEGATIVE if mode == "accuracy" else POSITIVE,
-                          steps=STEPS, block_length=NON_NEGATIVE, temperature=TEMPERATURE, judge=PATH,
-                          remasking=one_of(*REMASKING), seed=SEED, max_records=NON_NEGATIVE,
-                          batch_size=POSITIVE, sampler=one_of(*SAMPLERS), cache=one_of(*CACHES),
-                          threshold=UNIT, factor=NON_NEGATIVE, fewshot=NON_NEGATIVE))
+                          prompt_len=POSITIVE, gen_length=NON_NEGATIVE if mode == "accuracy" else POSITIVE, judge=PATH,
+                          seed=SEED, max_records=NON_NEGATIVE, batch_size=POSITIVE, fewshot=NON_NEGATIVE,
+                          **option_rules()))
     if not all(c.strip() for c in ckpts.split(",")):
         fail(f"--ckpts={ckpts!r} has an empty name: give comma-separated out_dirs")
     if (init_from or dataset or fewshot or chat) and mode != "accuracy":

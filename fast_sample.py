@@ -1,6 +1,7 @@
 """
-Fast-dLLM (Wu et al. 2025): training-free acceleration of LLaDA's sampler (diffusion.generate), with
-the same structure, names and step (unmask.py); read the two generate() side by side. What changes:
+Fast-dLLM (Wu et al. 2025): training-free acceleration of LLaDA's sampler (sample.generate), built from
+the same pieces (sample.py's canvas, block plan, commit step); read the two generate() side by side.
+What changes:
 
 1. A block-wise K/V cache. At the start of every block one full forward refreshes the keys/values
    of every layer at every position; that forward is also the block's first decoding step. Later
@@ -16,19 +17,21 @@ the same structure, names and step (unmask.py); read the two generate() side by 
    - factor: with confidences sorted c(1) >= c(2) >= ..., commit the largest n with
      (n + 1)(1 - c(n)) < f. When all committed marginals exceed 1 - eps and (n + 1) eps <= 1,
      greedy parallel decoding equals greedy sequential decoding (Fast-dLLM, Theorem 1).
-   With neither, diffusion.generate's fixed schedule is kept.
-3. Rows finish independently: a row whose block is decoded stops calling the model (parallel
-   rules), and a row that has committed EOS with only EOS after it is filled with EOS and done
-   (the reference decodes every position). NFE counts model calls per row.
+   With neither, sample.generate's fixed schedule is kept.
+
+Where it differs from Fast-dLLM's reference code (which decodes every position of every row):
+3. Finished rows stop: under a parallel rule a row whose block is decoded no longer calls the model,
+   so a batch costs each row its own number of forwards (NFE counts model calls per row).
+4. The EOS stop (eos_stop=True, sample.eos_fill): a row that has committed EOS with only EOS after it is
+   filled with EOS and done. eos_stop=False decodes every position, as the reference.
 
     python sample.py --fast --cache=dual --threshold=0.9
 """
 
 import torch
 
-from unmask import blocks, canvas, commit, num_transfer_tokens, padded_forward
-
-CACHES = ("none", "prefix", "dual")
+from model import kv_buffers
+from sample import CACHES, block_plan, canvas, commit, eos_fill, num_transfer_tokens, padded_forward
 
 
 def factor_rule(conf, f):
@@ -57,16 +60,16 @@ def active_rows(x, lo, e, m, fixed):
 
 
 def cached_forward(fwd, x, rows, lo, e, cache, kv, refresh):
-    """The window's logits (b, e - lo, V) for the given rows, and the cache (per layer, (B, H, T, D)
-    key and value buffers for the whole canvas). A refresh (a block's first step) is a full forward
-    whose keys/values become the cache; later steps run the block and everything after it against it
-    (prefix) or the block alone (dual); cache='none' always runs the full canvas."""
+    """The window's logits (b, e - lo, V) for the given rows, and the cache (model.kv_buffers: per layer
+    (B, H, T, D) key and value buffers for the whole canvas). A refresh (a block's first step) is a full
+    forward whose keys/values become the cache; later steps run the block and everything after it against
+    it (prefix) or the block alone (dual); cache='none' always runs the full canvas."""
     if cache == "none":
         return fwd(x[rows], rows)[:, lo:e], kv
     if refresh:
         logits, fresh = fwd(x[rows], rows, return_kv=True)
         if kv is None:
-            kv = [(k.new_zeros(len(x), *k.shape[1:]), v.new_zeros(len(x), *v.shape[1:])) for k, v in fresh]
+            kv = kv_buffers(fresh, len(x), x.size(1))
         for (kb, vb), (k, v) in zip(kv, fresh):
             kb[rows], vb[rows] = k, v
         return logits[:, lo:e], kv
@@ -76,43 +79,33 @@ def cached_forward(fwd, x, rows, lo, e, cache, kv, refresh):
     return fwd(x[rows, lo:e], rows, start=lo, kv=kv_rows), kv
 
 
-def eos_fill(x, P, m, eos_id):
-    """Rows that have committed EOS with nothing but EOS (or masks) after it: fill those masks with EOS."""
-    gen = x[:, P:]
-    if gen.size(1) == 0:  # infilling: nothing generated after the prompt
-        return
-    is_eos = gen == eos_id
-    j = torch.where(is_eos.any(1), is_eos.float().argmax(1), gen.size(1))  # first EOS (or none)
-    after = torch.arange(gen.size(1), device=x.device)[None] > j[:, None]
-    clean = ~(after & (gen != eos_id) & (gen != m)).any(1)  # only EOS or masks after it
-    gen[after & clean[:, None] & (gen == m)] = eos_id
-
-
 @torch.no_grad()
-def generate(model, prompt, *, steps=128, gen_length=128, block_length=128, temperature=0.0,
-             remasking="low_confidence", cache="dual", threshold=0.9, factor=0.0, eos_stop=True,
-             mask_id=None, eos_id=-1, forbid_eos=False, pad=None, generator=None, on_step=None):
-    """Fast-dLLM: diffusion.generate with a K/V cache and parallel commits. threshold > 0: the threshold
-    rule; else factor > 0: the factor rule; else diffusion.generate's fixed schedule of `steps`.
+def generate(model, prompt, *, steps, gen_length, block_length, temperature=0.0, remasking="low_confidence",
+             cache="dual", threshold=0.9, factor=0.0, eos_stop=True, eos_id=-1, forbid_eos=False, pad=None,
+             generator=None, on_step=None):
+    """Fast-dLLM: sample.generate with a K/V cache and parallel commits. threshold > 0: the threshold
+    rule; else factor > 0: the factor rule; else sample.generate's fixed schedule of `steps`.
     Returns (canvas (B, P + gen_length), NFE per row)."""
     if cache not in CACHES:
         raise ValueError(f"unknown cache {cache!r}; choose from {CACHES}")
-    m = model.config.mask_id if mask_id is None else mask_id
+    m = model.config.mask_id
     fixed = threshold <= 0 and factor <= 0
     x = canvas(prompt, gen_length, m)
     fwd, nfe, kv = padded_forward(model, pad, x.size(1), eos_id if forbid_eos else -1), 0, None
-    for lo, e, n_steps in blocks(x, prompt.size(1), gen_length, block_length, steps, m):
-        k = num_transfer_tokens(x[:, lo:e] == m, n_steps)  # (B, n_steps), for the fixed schedule
+    for lo, e, n_steps in block_plan(x, prompt.size(1), gen_length=gen_length, block_length=block_length, steps=steps,
+                                     mask_id=m):
+        n_commit = num_transfer_tokens(x[:, lo:e] == m, n_steps)  # (B, n_steps), for the fixed schedule
         for i in range(n_steps if fixed else e - lo):  # the parallel rules commit >= 1 per step and row
             rows = active_rows(x, lo, e, m, fixed)
             if rows is None:
                 break
-            logits, kv = cached_forward(fwd, x, rows, lo, e, cache, kv, refresh=i == 0)
+            logits, kv = cached_forward(fwd, x, rows, lo, e, cache=cache, kv=kv, refresh=i == 0)
             nfe += len(logits)
-            n = k[rows, i] if fixed else parallel_rule(threshold, factor)
-            cand, chosen = commit(logits, x[rows, lo:e] == m, n, temperature, remasking, generator)
+            n = n_commit[rows, i] if fixed else parallel_rule(threshold, factor)
+            cand, chosen = commit(logits, x[rows, lo:e] == m, n, temperature=temperature, remasking=remasking,
+                                  generator=generator)
             x[rows, lo:e] = torch.where(chosen, cand, x[rows, lo:e])
-            if eos_stop and eos_id >= 0:
+            if eos_stop:
                 eos_fill(x, prompt.size(1), m, eos_id)
             if on_step:
                 full = torch.zeros_like(x, dtype=torch.bool)

@@ -1,38 +1,33 @@
 """
-A transformer for diffusion language models: RoPE, RMSNorm, SwiGLU, no biases.
+A transformer for diffusion language models: RoPE, RMSNorm, SwiGLU, no biases. It imports torch only:
+copy it alone.
 
 Bidirectional by default (a masked diffusion model sees the whole canvas); `causal=True` gives the
 autoregressive baseline from the same code. The logit of [MASK] is always -inf: the model predicts
 clean tokens only.
 
-The K/V seam used by fast_sample.py: `forward(idx, start=s, kv=cache)` runs only the tokens `idx`
-that sit at canvas positions s..s+n-1; the keys/values of the other positions come from `cache`,
-one (k, v) pair of buffers per layer, each (B, n_head, T, head_dim) for the whole canvas. Each layer
-writes its fresh keys/values into the buffers at [s, s+n) (in place: the cache is the caller's) and
-attends over all T positions. Running the block and everything after it is the prefix cache
-(Fast-dLLM); running the block alone, with cached keys/values on both sides, is the dual cache. With
-`return_kv=True` forward also returns the fresh (k, v) of the tokens it ran, per layer: after a full
-forward, these are the cache. `attn_mask` narrows which keys each query sees: block diffusion (bd3.py)
-trains on the noisy and the clean copy side by side with a block-causal mask and samples through the
-same seam, each committed block's keys/values written once.
+The K/V seam used by the cached samplers (fast_sample.py, bd3.py, ar.py): `forward(idx, start=s, kv=cache)`
+runs only the tokens `idx` that sit at canvas positions s..s+n-1; the keys/values of the other positions
+come from `cache` (kv_buffers(): one (k, v) pair of buffers per layer, each (B, n_head, T, head_dim) for the
+whole canvas). Each layer writes its fresh keys/values into the buffers at [s, s+n) (in place: the cache
+is the caller's) and attends over all T positions. Running the block and everything after it is the
+prefix cache (Fast-dLLM); running the block alone, with cached keys/values on both sides, is the dual
+cache. With `return_kv=True` forward also returns the fresh (k, v) of the tokens it ran, per layer: after
+a full forward, these are the cache. `attn_mask` narrows which keys each query sees: block diffusion
+(bd3.py) trains on the noisy and the clean copy side by side with a block-causal mask and samples through
+the same seam, each committed block's keys/values written once.
 
-`GPT.from_pretrained(path)` loads LLaDA-8B (Base, Instruct, 1.5) from the Hugging Face layout: the same
-architecture at scale, with a few settings of GPTConfig (see the section at the end of this file).
+Real checkpoints (LLaDA-8B in the Hugging Face layout) are this model at scale with a few settings of
+GPTConfig (n_hidden, tie, norm_eps, rope_theta); pretrained.py reads and writes them.
 """
 
 import inspect
-import json
 import math
-import os
-import re
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
-
-from configurator import check_memory, need, read_json
-from tokenizer import write_files
 
 
 @dataclass
@@ -46,7 +41,8 @@ class GPTConfig:
     dropout: float = 0.0
     causal: bool = False    # True: autoregressive baseline
     time_cond: bool = False  # True: conditioned on the noise level sigma (uniform-state diffusion, duo.py)
-    bd3_block: int = 0      # > 0: trained block-causally, in blocks of this many tokens (block diffusion, bd3.py)
+    bd3_block: int = 0      # > 0: the block size the weights were trained block-causally with (bd3.py reads it;
+                            # the attention pattern itself comes from the caller's attn_mask)
     n_hidden: int = 0       # SwiGLU width (0: ~8/3 n_embd); a loaded checkpoint's own (LLaDA-8B: 12288 = 3 x 4096)
     tie: bool = True        # the output head is the embedding (False: a head of its own, as LLaDA's)
     norm_eps: float = 1e-6  # RMSNorm's epsilon (LLaDA: 1e-5)
@@ -89,7 +85,7 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=False)
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=False)
 
-    def forward(self, x, cos, sin, start, kv, key_mask, attn_mask=None):
+    def forward(self, x, cos, sin, start, kv=None, key_mask=None, attn_mask=None):
         B, n, C = x.shape
         qkv = self.qkv(x).view(B, n, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)  # (3, B, H, n, D)
         (q, k), v = apply_rope(qkv[:2], cos, sin), qkv[2]  # q and k rotated in one go
@@ -135,21 +131,31 @@ def sigma_embedding(sigma, dim=TIME_DIM):
     return torch.cat([ang.sin(), ang.cos()], dim=-1)
 
 
-class Block(nn.Module):
+def kv_buffers(fresh, B, T):
+    """An empty K/V cache for B canvases of T positions, shaped like a forward's fresh keys/values (fresh:
+    per layer (k, v), each (b, n_head, n, head_dim)): per layer a (k, v) pair of (B, n_head, T, head_dim) zeros,
+    in their dtype and device, which forward(kv=...) fills."""
+    return [(k.new_zeros(B, k.size(1), T, k.size(3)), v.new_zeros(B, v.size(1), T, v.size(3))) for k, v in fresh]
+
+
+class Layer(nn.Module):
+    """One transformer layer: pre-norm attention and SwiGLU, each added to the residual stream."""
+
     def __init__(self, cfg):
         super().__init__()
         self.norm1, self.attn = RMSNorm(cfg.n_embd, cfg.norm_eps), Attention(cfg)
         self.norm2, self.mlp = RMSNorm(cfg.n_embd, cfg.norm_eps), SwiGLU(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, cos, sin, start, kv, key_mask, c=None, attn_mask=None):
-        if c is None:
-            a, fresh = self.attn(self.norm1(x), cos, sin, start, kv, key_mask, attn_mask)
+    def forward(self, x, cos, sin, start, kv=None, key_mask=None, temb=None, attn_mask=None):
+        if temb is None:
+            a, fresh = self.attn(self.norm1(x), cos, sin, start, kv=kv, key_mask=key_mask, attn_mask=attn_mask)
             x = x + self.drop(a)
             return x + self.drop(self.mlp(self.norm2(x))), fresh
-        # c: (B, TIME_DIM). (1 + scale), (1 + gate): a zero-initialised projection leaves the plain block
-        shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c)[:, None].chunk(6, dim=-1)  # each (B, 1, C)
-        a, fresh = self.attn(self.norm1(x) * (1 + scale1) + shift1, cos, sin, start, kv, key_mask, attn_mask)
+        # temb: (B, TIME_DIM). (1 + scale), (1 + gate): a zero-initialised projection leaves the plain layer
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(temb)[:, None].chunk(6, dim=-1)  # each (B, 1, C)
+        a, fresh = self.attn(self.norm1(x) * (1 + scale1) + shift1, cos, sin, start, kv=kv, key_mask=key_mask,
+                             attn_mask=attn_mask)
         x = x + self.drop((1 + gate1) * a)
         x = x + self.drop((1 + gate2) * self.mlp(self.norm2(x) * (1 + scale2) + shift2))
         return x, fresh
@@ -161,7 +167,7 @@ class GPT(nn.Module):
         self.config = cfg
         self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         self.drop = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.layers = nn.ModuleList(Layer(cfg) for _ in range(cfg.n_layer))
         self.norm_f = RMSNorm(cfg.n_embd, cfg.norm_eps)
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         if cfg.tie:
@@ -174,13 +180,13 @@ class GPT(nn.Module):
             if name.endswith("proj.weight") or name.endswith("down.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
         if cfg.time_cond:  # made last, so the other weights are those of the plain model with the same seed
-            # sigma -> features -> a small MLP -> each block's adaLN (shift, scale, gate of both sublayers),
+            # sigma -> features -> a small MLP -> each layer's adaLN (shift, scale, gate of both sublayers),
             # zero-initialised: the time-conditioned model starts as the plain one
             self.time_mlp = nn.Sequential(nn.Linear(TIME_DIM, TIME_DIM, bias=False), nn.SiLU())
             nn.init.normal_(self.time_mlp[0].weight, mean=0.0, std=0.02)
-            for block in self.blocks:
-                block.ada = nn.Linear(TIME_DIM, 6 * cfg.n_embd, bias=False)
-                nn.init.zeros_(block.ada.weight)
+            for layer in self.layers:
+                layer.ada = nn.Linear(TIME_DIM, 6 * cfg.n_embd, bias=False)
+                nn.init.zeros_(layer.ada.weight)
 
     def _init_weights(self, m):
         if isinstance(m, (nn.Linear, nn.Embedding)):
@@ -228,23 +234,16 @@ class GPT(nn.Module):
         x = self.drop(x)
         if self.config.time_cond and sigma is None:
             raise ValueError("a time-conditioned model needs the noise level sigma")
-        c = self.time_mlp(sigma_embedding(sigma)) if self.config.time_cond else None  # (B, TIME_DIM)
+        temb = self.time_mlp(sigma_embedding(sigma)) if self.config.time_cond else None  # (B, TIME_DIM)
         new_kv = []
-        for i, block in enumerate(self.blocks):
-            x, fresh = block(x, cos, sin, start, None if kv is None else kv[i], key_mask, c, attn_mask)
+        for i, layer in enumerate(self.layers):
+            x, fresh = layer(x, cos, sin, start, kv=None if kv is None else kv[i], key_mask=key_mask, temb=temb,
+                             attn_mask=attn_mask)
             new_kv.append(fresh)
         logits = self.lm_head(self.norm_f(x)).float()
         if self.config.mask_id >= 0:
             logits[..., self.config.mask_id] = float("-inf")
         return (logits, new_kv) if return_kv else logits
-
-    @classmethod
-    def from_pretrained(cls, path, device="cpu"):
-        """A LLaDA checkpoint in the Hugging Face layout (a folder or a hub id): see from_pretrained below."""
-        return from_pretrained(path, device)[0]
-
-    def save_pretrained(self, folder, **extra):
-        save_pretrained(self, folder, **extra)
 
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
         # decay the matrices (2D), not the norms' gains
@@ -253,171 +252,3 @@ class GPT(nn.Module):
                   {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
         fused = device_type == "cuda" and "fused" in inspect.signature(torch.optim.AdamW).parameters
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **({"fused": True} if fused else {}))
-
-
-# -----------------------------------------------------------------------------
-# Real checkpoints in the Hugging Face layout: LLaDA (GSAI-ML/LLaDA-8B-Base, LLaDA-8B-Instruct, LLaDA-1.5).
-# LLaDA is this file's model at scale: RMSNorm, RoPE (the same half-split rotation), SwiGLU, no biases,
-# bidirectional attention. What differs is a setting (GPTConfig's n_hidden, tie, norm_eps, rope_theta) or
-# a name: LLaDA keeps q/k/v and the SwiGLU's gate (ff_proj, under SiLU) and up projections apart, which
-# model.py concatenates, one layer at a time (the peak is the model plus one layer's weights).
-
-LLADA = dict(block_type="llama", layer_norm_type="rms", activation_type="silu", rope=True, alibi=False,
-             include_bias=False, include_qkv_bias=False, attention_layer_norm=False, scale_logits=False,
-             input_emb_norm=False, clip_qkv=None, rope_scaling=None)  # config.json settings model.py computes
-HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # 'GSAI-ML/LLaDA-8B-Instruct'
-
-
-def pretrained_dir(path):
-    """The local folder of a Hugging Face checkpoint: path itself, or a hub id downloaded (config, weights
-    and tokenizer files only) when huggingface_hub is installed."""
-    if os.path.isdir(path) or not HUB_ID.fullmatch(path):
-        if not os.path.isdir(path):
-            raise ValueError(f"{path} {'is not a folder' if os.path.exists(path) else 'not found'}: give a folder "
-                             f"with config.json and *.safetensors, or a hub id")
-        return path
-    hub = need("huggingface_hub", f"{path}, a Hugging Face hub id,")
-    try:
-        return hub.snapshot_download(path, allow_patterns=["*.json", "*.safetensors", "tokenizer*"])
-    except Exception as e:
-        raise ValueError(f"{path} is no folder here and could not be fetched from the hub ({type(e).__name__})")
-
-
-def llada_config(c, path):
-    """GPTConfig of a LLaDA config.json (dict c); ValueError for another architecture."""
-    kind = c.get("model_type"), c.get("architectures")
-    if kind[0] != "llada" and "LLaDAModelLM" not in (kind[1] or []):
-        raise ValueError(f"{path}: config.json describes {kind[1] or kind[0]}, not LLaDA (model_type 'llada', "
-                         f"LLaDAModelLM): no other layout maps onto model.py")
-    for k, v in LLADA.items():
-        if c.get(k, v) != v:
-            raise ValueError(f"{path}: config.json has {k}={c[k]!r}; model.py computes {k}={v!r} only")
-    if c.get("n_kv_heads") not in (None, c["n_heads"]) or c.get("multi_query_attention"):
-        raise ValueError(f"{path}: grouped-query attention (n_kv_heads={c['n_kv_heads']}) is not model.py's")
-    return GPTConfig(block_size=c["max_sequence_length"], vocab_size=c.get("embedding_size") or c["vocab_size"],
-                     mask_id=c.get("mask_token_id", 126336), n_layer=c["n_layers"], n_head=c["n_heads"],
-                     n_embd=c["d_model"], n_hidden=c.get("mlp_hidden_size") or c["mlp_ratio"] * c["d_model"],
-                     tie=bool(c.get("weight_tying", False)), norm_eps=c.get("rms_norm_eps", 1e-5),
-                     rope_theta=float(c.get("rope_theta", 10000.0)))
-
-
-def llada_names(n_layer, tie):
-    """model.py's parameter name -> the LLaDA tensors it concatenates (along dim 0, in this order)."""
-    t = "model.transformer."
-    names = {"wte.weight": [t + "wte.weight"], "norm_f.weight": [t + "ln_f.weight"]}
-    if not tie:
-        names["lm_head.weight"] = [t + "ff_out.weight"]
-    for i in range(n_layer):
-        b, o = f"{t}blocks.{i}.", f"blocks.{i}."
-        names.update({o + "norm1.weight": [b + "attn_norm.weight"], o + "norm2.weight": [b + "ff_norm.weight"],
-                      o + "attn.qkv.weight": [b + "q_proj.weight", b + "k_proj.weight", b + "v_proj.weight"],
-                      o + "attn.proj.weight": [b + "attn_out.weight"],
-                      o + "mlp.gate_up.weight": [b + "ff_proj.weight", b + "up_proj.weight"],
-                      o + "mlp.down.weight": [b + "ff_out.weight"]})
-    return names
-
-
-def from_pretrained(path, device="cpu"):
-    """(GPT in eval mode, its local folder, config.json as a dict) of a LLaDA checkpoint: a folder (or a hub id) with
-    config.json and model.safetensors, or shards listed by model.safetensors.index.json. The weights go
-    to the device in their stored dtype (bf16: 2 bytes a weight, 16 GB for 8B), straight from the files:
-    the model is built on the meta device, so no float32 copy is ever made. ValueError, in one line, for
-    a missing or corrupt file, a missing package or another architecture."""
-    folder = pretrained_dir(path)
-    c = read_json(os.path.join(folder, "config.json"), "not a Hugging Face checkpoint folder")
-    try:
-        cfg = llada_config(c, folder)
-    except (KeyError, TypeError) as e:
-        raise ValueError(f"{folder}: config.json lacks LLaDA's {e} (or has a wrong type there)")
-    st = need("safetensors", "loading *.safetensors weights")
-    index = os.path.join(folder, "model.safetensors.index.json")
-    if os.path.isfile(index):
-        where = read_json(index, "").get("weight_map")
-        if not isinstance(where, dict):
-            raise ValueError(f"{index} has no weight_map")
-    elif os.path.isfile(os.path.join(folder, "model.safetensors")):
-        where = None  # every tensor in the one file
-    else:
-        raise ValueError(f"{folder} has config.json but no model.safetensors (nor model.safetensors.index.json)")
-    shards = sorted(set(where.values())) if where else ["model.safetensors"]
-    check_memory(sum(os.path.getsize(os.path.join(folder, f)) for f in shards if os.path.isfile(os.path.join(folder, f))),
-                 f"the weights of {folder}", device)
-    files, dev = {}, str(torch.device(device))
-
-    def tensor(name):  # one stored tensor, read onto the device as it is stored
-        file = os.path.join(folder, where[name] if where else "model.safetensors")
-        if where is not None and name not in where:
-            raise ValueError(f"{index} lists no tensor {name}")
-        if file not in files:
-            if not os.path.isfile(file):
-                raise ValueError(f"{file} not found (named by {os.path.basename(index)})")
-            try:
-                files[file] = st.safe_open(file, framework="pt", device=dev)
-            except Exception as e:  # cut short, not a safetensors file: the one to download again
-                raise ValueError(f"{file} is not a readable .safetensors file ({type(e).__name__})")
-        if name not in files[file].keys():
-            raise ValueError(f"{file} has no tensor {name}")
-        return files[file].get_tensor(name)
-    with torch.device("meta"):
-        model = GPT(cfg)
-    names = llada_names(cfg.n_layer, cfg.tie)
-    try:
-        for ours, theirs in names.items():  # one weight at a time: a concatenation is the only copy
-            parts = [tensor(n) for n in theirs]
-            w = parts[0] if len(parts) == 1 else torch.cat(parts)
-            model.load_state_dict({ours: w}, strict=False, assign=True)
-        unread = sorted(set(where or files[next(iter(files))].keys()) - {n for v in names.values() for n in v})
-    except ValueError:
-        raise
-    except Exception as e:  # a corrupt file, a tensor of the wrong shape
-        raise ValueError(f"{folder}: the weights do not load ({type(e).__name__}: {str(e).strip()[:150]})")
-    if unread:
-        raise ValueError(f"{folder} holds tensors LLaDA's layout does not have, such as {unread[0]}")
-    if cfg.tie:
-        model.lm_head.weight = model.wte.weight
-    cos, sin = rope_tables(cfg.n_embd // cfg.n_head, cfg.block_size, cfg.rope_theta)
-    model.cos, model.sin = cos.to(device), sin.to(device)
-    return model.eval(), folder, c
-
-
-def save_pretrained(model, folder, **extra):
-    """Write a model in LLaDA's layout, config.json (with the extra keys given, e.g. eos_token_id) and
-    model.safetensors: LLaDA's tensor names and config keys, what from_pretrained reads. The tokenizer
-    files are the original checkpoint's, to be copied beside them."""
-    cfg = model.config
-    if cfg.causal or cfg.time_cond or cfg.bd3_block:
-        raise ValueError("LLaDA's layout holds a plain bidirectional masked diffusion model only")
-    st = need("safetensors.torch", "writing *.safetensors weights")
-    sd, out = model.state_dict(), {}
-    for ours, theirs in llada_names(cfg.n_layer, cfg.tie).items():
-        for name, part in zip(theirs, sd[ours].chunk(len(theirs))):
-            out[name] = part.detach().contiguous().clone()
-    c = dict(LLADA, architectures=["LLaDAModelLM"], model_type="llada", d_model=cfg.n_embd, n_heads=cfg.n_head,
-             n_kv_heads=cfg.n_head, n_layers=cfg.n_layer, mlp_hidden_size=cfg.n_hidden or sd["blocks.0.mlp.down.weight"].size(1),
-             mlp_ratio=4, vocab_size=cfg.vocab_size, embedding_size=cfg.vocab_size, mask_token_id=cfg.mask_id,
-             max_sequence_length=cfg.block_size, weight_tying=cfg.tie, rms_norm_eps=cfg.norm_eps,
-             rope_theta=cfg.rope_theta, **extra)
-    os.makedirs(folder, exist_ok=True)
-    write_files(folder, {"model.safetensors": lambda p: st.save_file(out, p),
-                         "config.json": json.dumps(c, indent=2).encode()})
-
-
-def load_checkpoint(path, device="cpu", hint="train one first: python train.py config/shakespeare.py", ema=True):
-    """(model, ckpt) from a ckpt.pt written by train.py, loaded with weights_only=True (a checkpoint is
-    untrusted input), with its EMA weights when it has them (ema=False: the raw weights, to resume).
-    A missing, unreadable or incomplete file raises ValueError, saying so in one line."""
-    if os.path.isdir(path):
-        path = os.path.join(path, "ckpt.pt")
-    if not os.path.isfile(path):
-        raise ValueError(f"checkpoint {path} not found ({hint})")
-    try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
-        model = GPT(GPTConfig(**ckpt["model_args"]))
-        model.load_state_dict(ckpt["ema"] if ema and "ema" in ckpt else ckpt["model"])
-        meta, config = ckpt["meta"], ckpt["config"]  # what sample.py, eval.py and train.py read
-        assert isinstance(config, dict) and meta["mask_id"] == model.config.mask_id and \
-            meta["vocab_size"] == model.config.vocab_size and meta["tokenizer"], "inconsistent meta"
-    except Exception as e:
-        msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
-        raise ValueError(f"{path} is not a valid checkpoint ({type(e).__name__}: {msg})")
-    return model.to(device), ckpt

@@ -1,5 +1,5 @@
 """
-How a diffusion language model writes text: the command line of every family's sampler.
+How a masked diffusion language model writes text: its samplers, then their command line.
 
     python sample.py --prompt="ROMEO:" --gen_length=96 --show        # watch the canvas unmask
     python sample.py --sampler=ancestral --steps=32                  # MDLM ancestral sampling
@@ -8,26 +8,28 @@ How a diffusion language model writes text: the command line of every family's s
     python sample.py --out_dir=out-shakespeare-duo --steps=8         # Duo (a uniform-state checkpoint)
     python sample.py --init_from=GSAI-ML/LLaDA-8B-Instruct --chat --prompt="Hi" --fast   # LLaDA-8B
 
-The canvas is the prompt followed by gen_length [MASK]s; [MASK] or [MASK*n] in the prompt text
-opens masked spans anywhere (infilling). Given text is never changed. The checkpoint names its
-family (families.py), and the family's generate() writes: for masked diffusion (diffusion.py)
+The canvas is the prompt followed by gen_length [MASK]s; [MASK] or [MASK*n] in the prompt text opens
+masked spans anywhere (infilling). Given text is never changed. Top to bottom:
 
-- llada (LLaDA, Nie et al. 2025, Algorithm 4 + semi-autoregressive blocks): the answer is cut into
-  blocks of block_length, decoded left to right, each with steps / num_blocks steps. At every step
-  the model predicts all masked positions, a token is drawn at each (Gumbel-max at temperature T,
-  in float64), and only the k most confident predictions of the current block are committed
-  ("low-confidence remasking"); k follows the linear schedule (the block's masks split evenly over
-  its steps, the remainder first). With steps = gen_length it commits one token per step.
-- ancestral (MDLM, Sahoo et al. 2024): from t to s < t, each masked token is revealed with the
-  true reverse posterior's probability (alpha_s - alpha_t) / (1 - alpha_t) and drawn from the
-  model; a step that reveals nothing does not call the model again (it has no time input).
-- remdm (ReMDM, Wang et al. 2025): the ancestral step, plus each decoded token is re-masked with
-  probability sigma_t = min(eta, (1 - alpha_s) / alpha_t) so the model can revise it: self-correction.
-- --fast: Fast-dLLM's version of llada (fast_sample.py: a K/V cache and parallel commits).
+- generate (LLaDA, Nie et al. 2025, Algorithm 4 + semi-autoregressive blocks): the answer is cut into
+  blocks of block_length, decoded left to right, each with steps / num_blocks steps. At every step the
+  model predicts all masked positions, a token is drawn at each (Gumbel-max at temperature T, in
+  float64), and only the k most confident predictions of the current block are committed
+  ("low-confidence remasking"); k follows the linear schedule (the block's masks split evenly over its
+  steps, the remainder first). Classifier-free guidance: logits u + (s + 1)(c - u), u from the canvas
+  with the prompt masked.
+- generate_ancestral (MDLM, Sahoo et al. 2024): from t to s < t, each masked token is revealed with the
+  true reverse posterior's probability (alpha_s - alpha_t) / (1 - alpha_t), alpha_t = 1 - t, and drawn
+  from the model; a step that reveals nothing does not call the model again (it has no time input).
+  ReMDM (Wang et al. 2025, eta > 0): each decoded token is also re-masked with probability
+  sigma_t = min(eta, (1 - alpha_s) / alpha_t), so the model can revise it: self-correction.
+- the commit step (commit): candidates, their confidences, the most confident committed;
+- the plan (block_plan) and the model as a function of the canvas (padded_forward), the EOS stop;
+- the sampling options, declared once (SAMPLE_OPTIONS, read by eval.py and bench.py too), and the command line.
 
-A Duo checkpoint samples with duo.py's ancestral sampler (--top_k, --top_p, --greedy_tail), an AR
-one with ar.py's cached decoder, a block diffusion one block by block with bd3.py's exact cache.
-This file holds what they share: the prompt, the live view, the options and their checks.
+fast_sample.py is Fast-dLLM's version of generate (a K/V cache and parallel commits), built from the
+same pieces. The checkpoint names its family (families.py): a Duo checkpoint samples with duo.py's
+ancestral sampler, an AR one with ar.py's cached decoder, a block diffusion one with bd3.py's exact cache.
 """
 
 import json
@@ -37,15 +39,272 @@ import shutil
 import sys
 
 import torch
+from torch.nn import functional as F
 
-from configurator import (NON_NEGATIVE, PATH, POSITIVE, SEED, STEPS, TEMPERATURE, UNIT, check, check_device,
-                          check_memory, check_writable, configure, fail, one_of, rule)
-from diffusion import SAMPLERS, generate, generate_ancestral  # noqa: F401  (sample.generate: LLaDA's sampler)
-from families import FAMILIES, load, options_of, pretrained
-from fast_sample import CACHES
-from tokenizer import MASK_GLYPH, chat_prompt, get_codec, write_files
-from unmask import REMASKING
+from configurator import NON_NEGATIVE, PATH, POSITIVE, SEED, STEPS, TEMPERATURE, UNIT, check, rule, one_of
+from tokenizer import MASK_GLYPH, write_files
 
+
+@torch.no_grad()
+def generate(model, prompt, *, steps, gen_length, block_length, temperature=0.0, remasking="low_confidence",
+             cfg_scale=0.0, eos_id=-1, forbid_eos=False, pad=None, generator=None, on_step=None):
+    """LLaDA's sampler. prompt: (B, P) ids, [MASK] allowed (infilled together with the first block);
+    pad: optional (B,) left-padding counts. on_step(x, chosen) sees the canvas after every step.
+    Returns (canvas (B, P + gen_length), NFE per row)."""
+    m = model.config.mask_id
+    x = canvas(prompt, gen_length, m)
+    given = x != m  # prompt (and padding): never changed; masked out for the unconditional pass
+    fwd, nfe = padded_forward(model, pad, x.size(1), eos_id if forbid_eos else -1), 0
+    for lo, e, n_steps in block_plan(x, prompt.size(1), gen_length=gen_length, block_length=block_length, steps=steps,
+                                     mask_id=m):
+        n_commit = num_transfer_tokens(x[:, lo:e] == m, n_steps)  # (B, n_steps) commits per step
+        for i in range(n_steps):
+            if cfg_scale > 0:  # classifier-free guidance: u + (s + 1)(c - u), u = prompt masked
+                cond, uncond = fwd(torch.cat([x, torch.where(given, m, x)]), torch.arange(len(x)).repeat(2)).chunk(2)
+                logits = torch.where(cond == float("-inf"), cond, uncond + (cfg_scale + 1) * (cond - uncond))
+                nfe += 2
+            else:
+                logits = fwd(x)
+                nfe += 1
+            cand, chosen = commit(logits[:, lo:e], x[:, lo:e] == m, n_commit[:, i], temperature=temperature,
+                                  remasking=remasking, generator=generator)
+            x[:, lo:e] = torch.where(chosen, cand, x[:, lo:e])
+            if on_step:
+                on_step(x, F.pad(chosen, (lo, x.size(1) - e)))
+    return x, nfe
+
+
+@torch.no_grad()
+def generate_ancestral(model, prompt, *, steps, gen_length, temperature=1.0, eta=0.0, eos_id=-1, forbid_eos=False,
+                       pad=None, generator=None, on_step=None):
+    """MDLM ancestral sampling (eta = 0) or ReMDM remasking (eta > 0) on the time grid
+    1 = t_0 > t_1 > ... > t_steps = 0, alpha_t = 1 - t. Returns (canvas, NFE per row)."""
+    if steps <= 0:
+        raise ValueError(f"steps={steps} must be positive")
+    m = model.config.mask_id
+    x = canvas(prompt, gen_length, m)
+    B, given = x.size(0), x != m
+    fwd = padded_forward(model, pad, x.size(1), eos_id if forbid_eos else -1)
+    logits, stale, calls = None, torch.ones(B, dtype=torch.bool, device=x.device), 0
+    ts = torch.linspace(1, 0, steps + 1, dtype=torch.float64)
+    for i in range(steps):
+        a_t, a_s = (1 - ts[i]).item(), (1 - ts[i + 1]).item()
+        p_remask = min(eta, (1 - a_s) / a_t) if a_t > 0 else 0.0  # ReMDM's sigma_t, "cap" schedule; 0 for MDLM
+        p_reveal = (a_s - (1 - p_remask) * a_t) / (1 - a_t)  # masked -> token: the reverse posterior
+        if stale.any():  # the no-change shortcut: a row whose canvas did not change keeps its prediction
+            rows = stale.nonzero().squeeze(1)
+            out = fwd(x[rows], rows)  # (n, T, V)
+            logits = out if logits is None else logits.index_copy_(0, rows, out)
+            calls += len(rows)
+        masked = x == m
+        u = torch.rand(x.shape, dtype=torch.float64, device=x.device, generator=generator)
+        reveal = masked & (u < p_reveal)
+        remask = ~masked & ~given & (u < p_remask)  # decoded -> [MASK] with probability sigma_t
+        new = x.clone()
+        new[reveal] = add_gumbel_noise(logits[reveal], temperature, generator).argmax(-1)
+        new[remask] = m
+        stale = (new != x).any(1)
+        x = new
+        if on_step:
+            on_step(x, reveal)
+    return x, calls / B
+
+
+# -----------------------------------------------------------------------------
+# The commit step: a candidate token at every masked position, how sure the model is of it, the most
+# confident committed. Names: `cand` a step's candidates, `conf` their confidences; NFE counts model
+# forwards per row.
+
+REMASKING = ("low_confidence", "random", "margin", "entropy")
+
+
+def add_gumbel_noise(logits, temperature, generator=None):
+    """argmax(logits / T + Gumbel) is a sample of softmax(logits / T). In float64: float32 or bf16
+    noise is coarse in the tail, which lowers diversity and fakes a better perplexity."""
+    if temperature == 0:
+        return logits
+    u = torch.rand(logits.shape, dtype=torch.float64, device=logits.device, generator=generator)
+    return logits.double() / temperature - torch.log(-torch.log(u))
+
+
+def num_transfer_tokens(masked, steps):
+    """How many tokens to commit at each step: (B, steps). Each row's masks split evenly, the
+    remainder on the first steps (LLaDA's linear schedule)."""
+    n = masked.sum(1, keepdim=True)  # (B, 1)
+    base, rem = n // steps, n % steps
+    return base + (torch.arange(steps, device=n.device)[None, :] < rem).long()
+
+
+def confidence(logits, cand, remasking, generator=None):
+    """How sure the model is of each candidate: (B, W) float64, higher = commit first."""
+    if remasking == "random":
+        return torch.rand(cand.shape, dtype=torch.float64, device=cand.device, generator=generator)
+    p = F.softmax(logits.double(), dim=-1)  # (B, W, V)
+    if remasking == "low_confidence":  # the probability of the drawn token
+        return torch.gather(p, -1, cand[..., None]).squeeze(-1)
+    if remasking == "margin":  # top-1 minus top-2 probability
+        top = p.topk(2, dim=-1).values
+        return top[..., 0] - top[..., 1]
+    if remasking == "entropy":  # negative entropy of the prediction
+        return torch.special.xlogy(p, p).sum(-1)
+    raise ValueError(f"unknown remasking {remasking!r}; choose from {REMASKING}")
+
+
+def commit(logits, masked, n, temperature, remasking, generator=None):
+    """The commit step: a candidate at each position of the window by Gumbel-max at temperature T,
+    its confidence, and the n[b] most confident masked positions of each row (LLaDA's torch.topk).
+    logits: (B, W, V); masked: (B, W) bool; n: (B,) counts, or a function of the confidences
+    (B, W) -> (B,) counts (Fast-dLLM's parallel rules). Returns (cand (B, W), commit (B, W) bool)."""
+    cand = add_gumbel_noise(logits, temperature, generator).argmax(-1)
+    conf = torch.where(masked, confidence(logits, cand, remasking, generator), float("-inf"))
+    n = torch.minimum(n(conf) if callable(n) else n, masked.sum(1))  # never more than the masks left
+    chosen = torch.zeros_like(masked)
+    for b in range(len(conf)):  # per row: its own count
+        chosen[b, torch.topk(conf[b], k=int(n[b])).indices] = True
+    return cand, chosen
+
+
+# -----------------------------------------------------------------------------
+# The plan: the canvas, its semi-autoregressive blocks, the model as a function of (part of) the canvas,
+# the EOS stop. A block is canvas positions [s, e); its window [lo, e) is where commits can happen
+# (the block, plus any infill [MASK] left before it).
+
+def canvas(prompt, gen_length, mask_id):
+    """prompt (B, P) followed by gen_length masks: (B, P + gen_length)."""
+    return torch.cat([prompt, prompt.new_full((prompt.size(0), gen_length), mask_id)], 1)
+
+
+def check_blocks(gen_length, block_length, steps):
+    """The number of blocks of the semi-autoregressive plan (gen_length 0: one, the infill in the
+    prompt); ValueError unless block_length divides gen_length and the blocks divide the steps."""
+    if gen_length and (block_length <= 0 or gen_length % block_length):
+        raise ValueError(f"--gen_length={gen_length} must be a multiple of --block_length={block_length}")
+    num_blocks = gen_length // block_length if gen_length else 1
+    if steps <= 0 or steps % num_blocks:
+        raise ValueError(f"--steps={steps} must be a positive multiple of the {num_blocks} blocks "
+                         f"(gen_length / block_length)")
+    return num_blocks
+
+
+def block_plan(x, P, *, gen_length, block_length, steps, mask_id):
+    """The semi-autoregressive plan on canvas x (B, P + gen_length): yields (lo, e, steps per block)
+    for each block, left to right. The window start lo is taken when the block starts: the block's
+    first position, or earlier if an infill mask is left before it. Bad sizes raise ValueError
+    (check_blocks) before anything runs."""
+    num_blocks = check_blocks(gen_length, block_length, steps)
+    for nb in range(num_blocks):
+        s, e = P + nb * block_length, P + (nb + 1) * block_length if gen_length else P
+        cols = (x[:, :s] == mask_id).any(0).nonzero()
+        yield int(cols[0]) if len(cols) else s, e, steps // num_blocks
+
+
+def padded_forward(model, pad, T, forbid=-1):
+    """The model as a function of (part of) the canvas: f(x, rows, start, kv, return_kv, **kw) runs the
+    tokens x of the given rows at positions start.. (kw: more of model.forward's, e.g. attn_mask); with
+    left padding (pad: (B,) counts), padded keys are hidden and each row gets its own positions, so a
+    row sees exactly what it would see alone. forbid >= 0: that token (EOS) is never predicted."""
+    if pad is None:
+        key_mask = pos = None
+    else:
+        ar = torch.arange(T, device=pad.device)[None]
+        key_mask, pos = ar >= pad[:, None], (ar - pad[:, None]).clamp(min=0)  # (B, T)
+
+    def f(x, rows=slice(None), start=0, kv=None, return_kv=False, **kw):
+        if pad is not None:
+            kw.update(pos=pos[rows, start:start + x.size(1)], key_mask=key_mask[rows])
+        out = model(x, start=start, kv=kv, return_kv=return_kv, **kw)
+        if forbid >= 0:
+            (out[0] if return_kv else out)[..., forbid] = float("-inf")
+        return out
+    return f
+
+
+def left_pad(rows, pad_id):
+    """Prompts of different lengths -> (B, P) ids left-padded with pad_id, and (B,) pad counts."""
+    P = max(len(r) for r in rows)
+    return (torch.tensor([[pad_id] * (P - len(r)) + r for r in rows], dtype=torch.long),
+            torch.tensor([P - len(r) for r in rows], dtype=torch.long))
+
+
+def eos_fill(x, P, m, eos_id):
+    """The EOS stop, in place: a row whose generated part x[:, P:] holds an EOS followed by nothing but EOS
+    and masks is finished, its masks after the EOS become EOS (what a model trained on EOS padding writes
+    there), so its sampler stops calling the model for it. Used by fast_sample.py, bd3.py and ar.py."""
+    gen = x[:, P:]
+    if gen.size(1) == 0 or eos_id < 0:  # infilling: nothing generated after the prompt
+        return
+    is_eos = gen == eos_id
+    j = torch.where(is_eos.any(1), is_eos.float().argmax(1), gen.size(1))  # first EOS (or none)
+    after = torch.arange(gen.size(1), device=x.device)[None] > j[:, None]
+    clean = ~(after & (gen != eos_id) & (gen != m)).any(1)  # only EOS or masks after it
+    gen[after & clean[:, None] & (gen == m)] = eos_id
+
+
+# -----------------------------------------------------------------------------
+# The sampling options, declared once: sample.py's command line, eval.py and bench.py take their
+# defaults and rules from here (a script that needs another default sets it in one line with its
+# reason). name: (default, rule (None: its type only), what it does). Which family reads which
+# option: the family's sample_options (families.py).
+
+SAMPLERS = ("llada", "ancestral", "remdm")
+CACHES = ("none", "prefix", "dual")  # fast_sample.py's
+SAMPLE_OPTIONS = {
+    "steps": (0, STEPS, "denoising steps (0: one token per step); model calls can differ (guidance, ancestral, --fast)"),
+    "block_length": (32, NON_NEGATIVE, "llada: semi-autoregressive blocks, decoded left to right (0: one block)"),
+    "temperature": (0.8, TEMPERATURE, "Gumbel-max temperature, float64 noise (0: greedy)"),
+    "sampler": ("llada", one_of(*SAMPLERS), "llada (remasking), ancestral (MDLM) or remdm (ancestral + re-masking)"),
+    "remasking": ("low_confidence", one_of(*REMASKING), "llada: which predictions are committed first"),
+    "cfg_scale": (0.0, NON_NEGATIVE, "llada: classifier-free guidance scale (0: off)"),
+    "eta": (0.02, UNIT, "remdm: the re-masking probability cap"),
+    "forbid_eos": (False, None, "never sample EOS (datasets with an EOS token)"),
+    "fast": (False, None, "Fast-dLLM (fast_sample.py): block-wise K/V cache + parallel decoding"),
+    "cache": ("dual", one_of(*CACHES), "fast: the K/V cache, none, prefix or dual"),
+    "threshold": (0.9, UNIT, "fast, bd3: commit every position at least this sure (0: off)"),
+    "factor": (0.0, NON_NEGATIVE, "fast, threshold 0: the factor rule (n + 1)(1 - c(n)) < factor (0: off)"),
+    "eos_stop": (True, None, "fast: a row stops at a committed EOS with only EOS after it (False: every position "
+                             "decoded, as Fast-dLLM's reference)"),
+    "bd3_cache": (True, None, "bd3: the exact block K/V cache (False: the canvas recomputed every step, same tokens)"),
+    "top_k": (0, NON_NEGATIVE, "duo: sample from the k most likely tokens of each prediction (0: all)"),
+    "top_p": (1.0, rule(lambda v: 0 < v <= 1, "in (0, 1]"), "duo: ... from the smallest set with this probability"),
+    "greedy_tail": (True, None, "duo: one more forward at t = 0, every position takes its most likely token"),
+}
+
+
+def option_defaults(*names):
+    """{name: default} of the sampling options named (all of them when none is): a script's globals."""
+    return {k: SAMPLE_OPTIONS[k][0] for k in names or SAMPLE_OPTIONS}
+
+
+def option_rules(*names):
+    """{name: rule} of the sampling options named (all when none is), for configurator.check."""
+    return {k: SAMPLE_OPTIONS[k][1] for k in names or SAMPLE_OPTIONS if SAMPLE_OPTIONS[k][1]}
+
+
+def sampling(fam, values, gen_length, holes=0, given=(), where="this model"):
+    """The options fam.generate() reads, from a script's values of the table's options, with the rules
+    between them checked (ValueError, one line): an option given (by a config file or the command line)
+    that the family does not read; --fast only on LLaDA's sampler without guidance; LLaDA's blocks must
+    divide gen_length and the steps. steps 0: one token per step, gen_length + the prompt's holes (rounded
+    up to a multiple of the blocks); block_length 0: one block."""
+    for key in sorted(set(given) & set(SAMPLE_OPTIONS) - set(fam.sample_options)):
+        raise ValueError(f"--{key} does not apply to {where} (its options: {', '.join(fam.sample_options) or 'none'})")
+    opts = {k: values.get(k, SAMPLE_OPTIONS[k][0]) for k in fam.sample_options}
+    if opts.get("block_length") == 0:
+        opts["block_length"] = gen_length
+    if opts.get("steps") == 0:
+        n = max(gen_length // opts["block_length"], 1) if opts.get("block_length") else 1  # blocks checked below
+        opts["steps"] = -(-(gen_length + holes) // n) * n
+    if opts.get("fast") and (opts.get("sampler") != "llada" or opts.get("cfg_scale")):
+        raise ValueError("--fast accelerates the llada sampler without guidance (sampler=llada, cfg_scale=0)")
+    if opts.get("sampler") == "llada":
+        check_blocks(gen_length, opts["block_length"], opts["steps"])
+    elif "steps" in opts and opts["steps"] <= 0:
+        raise ValueError(f"--steps={opts['steps']} must be positive")
+    return opts
+
+
+# -----------------------------------------------------------------------------
+# The command line
 
 def parse_prompt(text, encode, mask_id, limit=None):
     """Prompt text -> ids; '[MASK]' is one masked token, '[MASK*n]' n of them (infilling). ValueError for
@@ -112,36 +371,25 @@ chat = False            # wrap the prompt in the checkpoint's chat template (Ins
 prompt = "\n"           # text ([MASK] / [MASK*n] for spans to infill), or FILE:path
 num_samples = 3
 gen_length = 96         # prompt + gen_length must fit the model's context (128 for config/shakespeare.py)
-steps = 0               # denoising steps (0: gen_length, one token per step); model calls can differ (guidance, ancestral, --fast)
-block_length = 32       # semi-autoregressive blocks, decoded left to right; gen_length for one block
-temperature = 0.8
-sampler = "llada"       # 'llada', 'ancestral' (MDLM) or 'remdm' (ancestral + re-masking)
-remasking = "low_confidence"  # llada: low_confidence, random, margin, entropy
-cfg_scale = 0.0         # llada: classifier-free guidance scale (0: off)
-eta = 0.02              # remdm: re-masking probability cap
-forbid_eos = False      # never sample EOS (datasets with an EOS token)
-fast = False            # Fast-dLLM (fast_sample.py): block-wise K/V cache + parallel decoding
-cache = "dual"          # fast: 'none', 'prefix' or 'dual'; bd3: 'none' recomputes, any other is its block cache
-threshold = 0.9         # fast, bd3: commit every position at least this sure (0: off)
-factor = 0.0            # fast, threshold 0: the factor rule (n + 1)(1 - c(n)) < factor (0: off)
-top_k = 0               # duo: sample from the k most likely tokens of each prediction (0: all)
-top_p = 1.0             # duo: ... from the smallest set with this probability (nucleus)
-greedy_tail = True      # duo: one more forward at t = 0, every position takes its most likely token
 show = False            # live view of the unmasking (the first sample)
 trace = ""              # save the step-by-step history of the first sample to this JSON file
 seed = 1337
 device = "cuda" if torch.cuda.is_available() else "cpu"
+globals().update(option_defaults())  # steps, block_length, temperature, sampler, ...: SAMPLE_OPTIONS above
 # -----------------------------------------------------------------------------
 
 if __name__ == "__main__":
-    config_keys = [k for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str))]
-    defaults = {k: globals()[k] for k in config_keys}
-    globals().update(configure(defaults))
-    check(globals(), dict(out_dir=PATH, num_samples=POSITIVE, gen_length=NON_NEGATIVE, steps=STEPS,
-                          block_length=POSITIVE, temperature=TEMPERATURE, sampler=one_of(*SAMPLERS), remasking=one_of(*REMASKING),
-                          cfg_scale=NON_NEGATIVE, eta=UNIT, cache=one_of(*CACHES), threshold=UNIT,
-                          factor=NON_NEGATIVE, top_k=NON_NEGATIVE, top_p=rule(lambda v: 0 < v <= 1, "in (0, 1]"),
-                          seed=SEED))
+    # the family table is looked up here, by the command line only: the samplers above import no family
+    from configurator import check_device, check_memory, check_writable, configure, fail
+    from families import load, pretrained
+    from tokenizer import chat_prompt, get_codec
+
+    config_keys = [k for k, v in globals().items()  # its options: the lower-case names of plain values
+                   if not k.startswith("_") and not k.isupper() and isinstance(v, (int, float, bool, str))]
+    given = set()  # the options a config file or the command line set
+    globals().update(configure({k: globals()[k] for k in config_keys}, given=given,
+                               notes={k: what for k, (_, _, what) in SAMPLE_OPTIONS.items()}))
+    check(globals(), dict(out_dir=PATH, num_samples=POSITIVE, gen_length=NON_NEGATIVE, seed=SEED, **option_rules()))
     check_device(device)
     if trace:
         check_writable(trace, "trace")
@@ -162,20 +410,17 @@ if __name__ == "__main__":
     except ValueError as e:
         fail(e)
     model.eval()
-    for key in sorted({k for f in FAMILIES.values() for k in f.sample_options} - set(fam.sample_options)):
-        if globals()[key] != defaults[key]:
-            fail(f"--{key} does not apply to {init_from or out_dir}, a {ckpt['config']['objective']} checkpoint (its options: "
-                 f"{', '.join(fam.sample_options) or 'none'})")
     meta, m = ckpt["meta"], model.config.mask_id
     try:
         ids = parse_prompt(prompt, encode, m, limit=model.config.block_size)
     except ValueError as e:
         fail(f"prompt: {e}")
-    if gen_length == 0 and not (fam.infills and m in ids):
+    holes = ids.count(m) if fam.infills else 0
+    if gen_length == 0 and not holes:
         fail("nothing to generate: gen_length is 0 and the prompt has no [MASK] to infill")
-    opts = options_of(fam.sample_options, dict(globals(), steps=steps or gen_length or ids.count(m)))
-    try:
-        fam.check_sampling(gen_length=gen_length, **opts)  # the rules between options, before any work
+    try:  # the rules between options, before any work
+        opts = sampling(fam, globals(), gen_length, holes, given,
+                        f"{init_from or out_dir}, a {ckpt['config']['objective']} checkpoint")
     except ValueError as e:
         fail(e)
     if len(ids) + gen_length > model.config.block_size:
@@ -187,12 +432,11 @@ if __name__ == "__main__":
     x = torch.tensor([ids] * num_samples, dtype=torch.long, device=device)
     view = LiveView(decode, m, show, trace) if show or trace else None
     eos = meta.get("eos_id", -1)
-    out, nfe = fam.generate(model, x, gen_length=gen_length, temperature=temperature, eos_id=eos, generator=gen,
-                            on_step=view, **opts)
+    out, nfe = fam.generate(model, x, gen_length=gen_length, eos_id=eos, generator=gen, on_step=view, **opts)
     for row in out.tolist():  # a chat prints the reply alone (the template's markup decodes as bare role names)
         print(decode(cut_at_eos(row, eos, len(ids))[len(ids) if chat else 0:]))
         print("---------------")
     if view:
         view.save()
-    print(f"({fam.describe(**opts)}, {nfe:g} model forwards per sample (NFE) for {gen_length + ids.count(m)} tokens)",
+    print(f"({fam.describe(**opts)}, {nfe:g} model forwards per sample (NFE) for {gen_length + holes} tokens)",
           file=sys.stderr)

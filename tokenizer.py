@@ -6,6 +6,7 @@ checks a split passes when it is opened (check_stream, load_sft), and the SFT da
 
 import os
 import pickle
+import subprocess
 import sys
 
 import numpy as np
@@ -154,15 +155,15 @@ def chat_prompt(meta, text):
     it, in jinja2's sandbox: the template comes from a downloaded file)."""
     if meta["tokenizer"] != "hf":
         raise ValueError("--chat is for pretrained Instruct models (--init_from); this model has no chat format")
-    c = read_json(os.path.join(meta["path"], "tokenizer_config.json"), "the checkpoint's chat template")
-    if not isinstance(c.get("chat_template"), str):
+    tc = read_json(os.path.join(meta["path"], "tokenizer_config.json"), "the checkpoint's chat template")
+    if not isinstance(tc.get("chat_template"), str):
         raise ValueError(f"{meta['path']}/tokenizer_config.json has no chat_template: --chat is for Instruct models")
     from jinja2 import TemplateError
     from jinja2.sandbox import ImmutableSandboxedEnvironment
-    special = {k: v.get("content") if isinstance(v, dict) else v for k, v in c.items() if k.endswith("_token")}
+    special = {k: v.get("content") if isinstance(v, dict) else v for k, v in tc.items() if k.endswith("_token")}
     try:
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-        return env.from_string(c["chat_template"]).render(messages=[{"role": "user", "content": text}],
+        return env.from_string(tc["chat_template"]).render(messages=[{"role": "user", "content": text}],
                                                            add_generation_prompt=True, **special)
     except TemplateError as e:
         raise ValueError(f"{meta['path']}/tokenizer_config.json: the chat template fails ({type(e).__name__}: {e})")
@@ -231,6 +232,40 @@ def load_sft(data_dir, split, block_size, vocab_size):
             if bad:
                 raise ValueError(f"{path}: record {k} holds {what} {bad[0]!r}, not {where}")
     return [(p, r, h) for p, r, h in records if len(p) < block_size]
+
+
+def load_data(dataset, block_size, prepare=True):
+    """(meta, pairs) of a dataset for training at block_size: data/<dataset>/ or a folder given by path,
+    with meta.pkl and either train.bin / val.bin (a token stream: pairs is None) or train_sft.pkl /
+    val_sft.pkl (SFT records: pairs is {split: records}), every split checked (check_stream, load_sft).
+    A dataset not prepared yet is prepared first by its prepare.py (prepare=False: say how, under torchrun).
+    ValueError, in one line, for what is missing or broken."""
+    data_dir = dataset_dir(dataset)
+    if not any(os.path.exists(os.path.join(data_dir, f)) for f in ("val.bin", "val_sft.pkl")):
+        script = os.path.join(data_dir, "prepare.py")
+        if not os.path.exists(script):
+            raise ValueError(f"unknown dataset {dataset!r}: no {os.path.relpath(script)}")
+        if not prepare:
+            raise ValueError(f"dataset {dataset!r} is not prepared; run python {os.path.relpath(script)} first")
+        print(f"preparing {dataset} ...")
+        if subprocess.run([sys.executable, script]).returncode:
+            sys.exit(1)  # prepare.py has said why in one line
+    meta = load_meta(data_dir)
+    if not os.path.exists(os.path.join(data_dir, "train_sft.pkl")):
+        for split in ("train", "val"):
+            n = check_stream(data_dir, split, meta["vocab_size"])
+            if n < block_size + 2:
+                raise ValueError(f"the {split} split of {dataset} has {n} tokens, too few for --block_size={block_size}")
+        return meta, None
+    return meta, fitting({s: load_sft(data_dir, s, block_size, meta["vocab_size"]) for s in ("train", "val")},
+                         dataset, block_size)
+
+
+def fitting(pairs, dataset, block_size):
+    """pairs ({split: SFT records}), ValueError unless both splits keep a record with room for a response."""
+    if not pairs["train"] or not pairs["val"]:
+        raise ValueError(f"no SFT record of {dataset} leaves room for a response in --block_size={block_size}")
+    return pairs
 
 
 def check_input(path):

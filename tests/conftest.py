@@ -82,5 +82,5 @@ def tiny_judge(tiny_data, tmp_path_factory):
     r = run("train.py", f"--dataset={tiny_data}", f"--out_dir={out}", "--objective=ar", *TINY_TRAIN,
             "--n_embd=64", "--batch_size=16", "--max_iters=300", "--lr_decay_iters=300", "--eval_interval=300")
     assert r.returncode == 0, r.stderr
-    from model import load_checkpoint
-    return out, load_checkpoint(os.path.join(out, "ckpt.pt"))[0].eval()
+    from checkpoint import load
+    return out, load(os.path.join(out, "ckpt.pt"))[0].eval()

@@ -70,7 +70,6 @@ TABLE = [
     ("train.py", ["--dataset=nowhere", "--out_dir={tmp}/a"], "unknown dataset"),
     ("sample.py", ["--out_dir={ckpt}", "--steps=-1"], "--steps=-1"),
     ("sample.py", ["--out_dir={ckpt}", "--block_length=-8"], "--block_length=-8"),
-    ("sample.py", ["--out_dir={ckpt}", "--block_length=0"], "--block_length=0"),
     ("sample.py", ["--out_dir={ckpt}", "--gen_length=-1"], "--gen_length=-1"),
     ("sample.py", ["--out_dir={ckpt}", "--num_samples=0"], "--num_samples=0"),
     ("sample.py", ["--out_dir={ckpt}", "--temperature=-1"], "--temperature=-1.0"),

@@ -10,8 +10,9 @@ from torch.nn import functional as F
 import bd3
 import diffusion
 from conftest import TINY_TRAIN, run, tiny_model
-from model import GPT, GPTConfig, load_checkpoint
-from unmask import left_pad
+from checkpoint import load as load_checkpoint
+from model import GPT, GPTConfig, kv_buffers
+from sample import left_pad
 
 
 def bd3_model(b, T=16, V=12):
@@ -79,12 +80,12 @@ def test_nll_bound_scores_only_the_scored_positions():
     assert 0 < mean < 20 and se > 0 and bd3.BD3.nll(model, windows, scored, n_draws=4) == (mean, se)
 
 
-@pytest.mark.parametrize("opts", [dict(threshold=0.0, steps=8, temperature=1.0), dict(threshold=0.3, temperature=1.0),
+@pytest.mark.parametrize("opts", [dict(threshold=0.0, steps=8, temperature=1.0), dict(threshold=0.3, temperature=1.0, steps=14),
                                   dict(threshold=0.0, steps=2, temperature=0.0)])
 def test_cached_equals_uncached(opts):
     model, prompt = bd3_model(4, T=32), torch.randint(11, (3, 5), generator=torch.Generator().manual_seed(4))
-    outs = [bd3.generate(model, prompt, gen_length=14, cache=c, generator=torch.Generator().manual_seed(0), **opts)
-            for c in ("dual", "none")]
+    outs = [bd3.generate(model, prompt, gen_length=14, bd3_cache=c, generator=torch.Generator().manual_seed(0), **opts)
+            for c in (True, False)]
     assert torch.equal(outs[0][0], outs[1][0]) and outs[0][1] == outs[1][1]
     assert (outs[0][0][:, :5] == prompt).all() and (outs[0][0] != 11).all()
 
@@ -93,33 +94,40 @@ def test_the_cache_is_the_clean_prefix(monkeypatch):
     # after sampling, the cached keys/values of the committed blocks are those of one forward over the
     # clean canvas with the block-causal mask: written once, from clean tokens, never stale
     model, prompt = bd3_model(4, T=32), torch.randint(11, (2, 6), generator=torch.Generator().manual_seed(5))
-    kv = bd3.cache_buffers(model, 2, 18)
-    monkeypatch.setattr(bd3, "cache_buffers", lambda *a: kv)
+    made = []  # the buffers generate() makes from its first forward's keys/values (model.kv_buffers)
+    monkeypatch.setattr(bd3, "kv_buffers", lambda *a: made.append(kv_buffers(*a)) or made[-1])
     x, _ = bd3.generate(model, prompt, gen_length=12, temperature=0.0, threshold=0.0, steps=12)
+    (kv,) = made
+    assert all(k.shape == (2, 2, 18, 16) for layer in kv for k in layer)
     blk = (torch.arange(18) - 6).div(4, rounding_mode="floor")
     _, fresh = model(x, attn_mask=blk[:, None] >= blk[None], return_kv=True)
     for cached, clean in zip(kv, fresh):  # all but the last block (its keys/values are never read)
         assert all(torch.allclose(c[:, :, :14], f[:, :, :14], atol=1e-5) for c, f in zip(cached, clean))
 
 
-def test_rows_stop_at_the_block_holding_eos():
+def test_rows_stop_at_the_block_that_ends_with_eos():
     model, prompt = bd3_model(4, T=32), torch.randint(11, (3, 4), generator=torch.Generator().manual_seed(6))
     free, nfe_free = bd3.generate(model, prompt, gen_length=16, temperature=0.0, threshold=0.0, steps=16)
-    eos = int(free[0, 9])  # a token row 0 writes in its second block
+    eos = int(free[0, 7])  # the last token row 0 writes in its first block
     out, nfe = bd3.generate(model, prompt, gen_length=16, temperature=0.0, threshold=0.0, steps=16, eos_id=eos)
     for r in range(3):
-        gen = (free[r, 4:] == eos).nonzero()
-        e = 4 + (int(gen[0]) // 4 + 1) * 4 if len(gen) else 20  # the end of the first block holding EOS
-        assert torch.equal(out[r, :e], free[r, :e]) and (out[r, e:] == eos).all()
-    assert nfe < nfe_free
+        # a row stops after the first block at whose end its first EOS has only EOS after it (sample.eos_fill)
+        gen, e = free[r, 4:].tolist(), 20
+        j = gen.index(eos) if eos in gen else None
+        for end in range(4, 17, 4):
+            if j is not None and j < end and all(t == eos for t in gen[j:end]):
+                e = 4 + end
+                break
+        assert torch.equal(out[r, :e], free[r, :e]) and (out[r, e:] == eos).all(), r
+    assert out[0, 8:].eq(eos).all() and nfe < nfe_free  # row 0 stopped after its first block
 
 
-@pytest.mark.parametrize("cache", ["dual", "none"])
+@pytest.mark.parametrize("cache", [True, False])
 def test_mixed_prompt_lengths_give_each_row_what_it_gives_alone(cache):
     model = bd3_model(4, T=32)
     rows = [[1, 2, 3], [4, 5, 6, 7, 8, 9], [2, 2, 2, 2, 2], [7]]
     x, pad = left_pad(rows, 0)
-    kw = dict(gen_length=10, temperature=0.0, threshold=0.0, steps=10, cache=cache)
+    kw = dict(gen_length=10, temperature=0.0, threshold=0.0, steps=10, bd3_cache=cache)
     out, _ = bd3.generate(model, x, pad=pad, **kw)
     for i, r in enumerate(rows):
         alone, _ = bd3.generate(model, torch.tensor([r]), **kw)
@@ -140,8 +148,10 @@ def test_train_sample_cached_and_uncached_and_convert_an_ar_checkpoint(tiny_data
     assert r.returncode == 0 and "val NLL bound" in r.stdout, r.stderr
     model, ckpt = load_checkpoint(out)
     assert model.config.bd3_block == 4 and not model.config.causal and ckpt["config"]["objective"] == "bd3"
+    r = run("train.py", f"--out_dir={out}", "--init_from=resume", "--bd3_block=8", "--max_iters=8")  # shapes the model
+    assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1 and "--bd3_block=8, but" in r.stderr, r.stderr
     args = [f"--out_dir={out}", "--prompt=the ", "--gen_length=14", "--num_samples=3", "--temperature=1"]
-    cached, uncached = run("sample.py", *args), run("sample.py", *args, "--cache=none")
+    cached, uncached = run("sample.py", *args), run("sample.py", *args, "--bd3_cache=False")
     assert cached.returncode == 0 and "block K/V cache" in cached.stderr, cached.stderr
     assert uncached.returncode == 0 and "no cache" in uncached.stderr and cached.stdout == uncached.stdout
     assert [len(s) for s in cached.stdout.split("---------------\n")[:3]] == [4 + 14 + 1] * 3

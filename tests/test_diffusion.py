@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from diffusion import (alpha, elbo_loss, flat_weight, loss, loss_weight, nll_bound, noise, q_sample, q_sample_count,
+from diffusion import (MDLM, alpha, elbo_loss, flat_weight, loss, loss_weight, nll_bound, noise, q_sample, q_sample_count,
                        sample_count, sample_t)
 
 
@@ -89,13 +89,39 @@ def test_bound_averages_over_all_positions():
 
 
 def test_nll_bound_is_deterministic_given_seed():
-    model = tiny_model()
-    x0 = [torch.randint(0, 11, (4, 16)) for _ in range(2)]
-    a = nll_bound(model, x0, mask_id=11, n_draws=3, seed=5)
-    b = nll_bound(model, x0, mask_id=11, n_draws=3, seed=5)
-    c = nll_bound(model, x0, mask_id=11, n_draws=3, seed=6)
+    model, scored = tiny_model(), torch.ones(16, dtype=torch.bool)
+    windows = torch.randint(0, 11, (8, 16), generator=torch.Generator().manual_seed(0))
+    a = MDLM.nll(model, windows, scored, n_draws=3, seed=5, batch_size=4)
+    b = MDLM.nll(model, windows, scored, n_draws=3, seed=5, batch_size=4)
+    c = MDLM.nll(model, windows, scored, n_draws=3, seed=6, batch_size=4)
     assert a == b and a != c
     assert a[1] > 0
+
+
+def test_nll_bound_is_the_mean_of_its_draws_in_order():
+    # the one Monte-Carlo loop every diffusion family's nll() runs: n_draws per batch of windows, one generator
+    # seeded once, only the scored positions offered; (mean, standard error) of all the per-row values
+    windows, scored = torch.arange(30).view(5, 6), torch.tensor([False, True, True, False, True, True])
+    seen = []
+
+    def score(x0, keep, g):
+        seen.append((x0.clone(), keep.clone()))
+        return torch.rand(len(x0), generator=g) + x0[:, 0]
+    mean, se = nll_bound(score, windows, scored, n_draws=2, seed=3, batch_size=2)
+    g = torch.Generator().manual_seed(3)
+    ref = torch.cat([torch.rand(len(x0), generator=g) + x0[:, 0] for x0 in windows.split(2) for _ in range(2)])
+    assert [len(x) for x, _ in seen] == [2, 2, 2, 2, 1, 1] and all((k == scored).all() for _, k in seen)
+    assert mean == ref.mean().item() and se == (ref.std() / math.sqrt(10)).item()
+    model, inputs = tiny_model(), []  # and MDLM's bound masks only what is scored, the rest given clean
+
+    def spy(x, **kw):
+        inputs.append(x)
+        return model(x, **kw)
+    spy.config = model.config
+    windows, scored = torch.randint(0, 11, (5, 16)), torch.arange(16) % 3 > 0
+    MDLM.nll(spy, windows, scored, n_draws=4)
+    x_t = torch.cat(inputs)
+    assert (x_t[:, ~scored] == windows.repeat(4, 1)[:, ~scored]).all() and (x_t[:, scored] == 11).any()
 
 
 def test_bound_of_uniform_model_is_log_v():

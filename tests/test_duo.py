@@ -237,6 +237,7 @@ def test_filter_top():
     assert torch.allclose(duo.filter_top(p, top_p=0.85), torch.tensor([[0.5, 0.3, 0.15, 0]], dtype=torch.float64) / 0.95)
 
 
+@pytest.mark.slow  # seconds: 200 training steps
 def test_training_a_time_conditioned_model_lowers_the_bound():
     K, g = 8, torch.Generator().manual_seed(0)
     model = tiny_model(V=K + 1, T=16, time_cond=True).train()
@@ -250,7 +251,7 @@ def test_training_a_time_conditioned_model_lowers_the_bound():
         opt.step()
     after = duo.loss(model, duo.noise(x0, None, K, generator=torch.Generator().manual_seed(9))).item()
     assert after < before - 0.5, (before, after)  # 2.3 -> 1.5 nats in 150 steps
-    assert model.blocks[0].ada.weight.abs().sum() > 0  # the time conditioning was trained
+    assert model.layers[0].ada.weight.abs().sum() > 0  # the time conditioning was trained
 
 
 def test_time_conditioning_starts_as_the_plain_model_and_soft_one_hot_equals_ids():

@@ -105,7 +105,7 @@ def test_ar_sampling_with_cache_equals_without():
     prompt = torch.randint(0, 11, (3, 5))
     x = prompt
     g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
-    from unmask import add_gumbel_noise
+    from sample import add_gumbel_noise
     with torch.no_grad():
         for _ in range(20):  # no cache: a full forward per token
             x = torch.cat([x, add_gumbel_noise(model(x)[:, -1], 1.0, g1).argmax(-1, keepdim=True)], 1)

@@ -4,7 +4,7 @@ import torch
 import fast_sample
 import sample
 from conftest import tiny_model
-from unmask import left_pad
+from sample import left_pad
 
 M = 11
 L32 = dict(steps=32, gen_length=32, block_length=8)

@@ -139,8 +139,8 @@ def test_a_second_run_is_refused_and_ctrl_c_is_one_line(tiny_data, tmp_path):
     assert first.returncode != 0 and "Traceback" not in err, err[err.find("Traceback") - 300:]
     assert error_lines(err) == [
         "error: interrupted (Ctrl-C); files written so far are complete"], err
-    from model import load_checkpoint
-    load_checkpoint(str(tmp_path))  # whole: not a half-written file
+    from checkpoint import load
+    load(str(tmp_path))  # whole: not a half-written file
     assert os.listdir(tmp_path) == ["ckpt.pt"]
     assert run("train.py", *args, "--init_from=resume", "--max_iters=4").returncode == 0  # the lock went with it
 

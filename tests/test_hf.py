@@ -1,6 +1,6 @@
 """
 Real LLaDA checkpoints (GSAI-ML/LLaDA-8B-Base / -Instruct, LLaDA-1.5) in the Hugging Face layout, loaded
-into model.GPT: proven on a tiny LLaDA folder the test writes itself (tests/hf_tiny.py), whose logits and
+into model.GPT by pretrained.py: proven on a tiny LLaDA folder the test writes itself (tests/hf_tiny.py), whose logits and
 samples are compared with LLaDA's forward, LLaDA's sampler and Fast-dLLM's samplers transcribed in plain
 torch (hf_tiny.llada_forward, test_sample.reference_llada, hf_tiny.FAST_DLLM). Then the tokenizer and
 chat template, the command lines, and the bad folders a user may point them at.
@@ -18,10 +18,15 @@ import fast_sample
 import sample
 from conftest import ROOT, run
 from hf_tiny import BOS, END_HEADER, EOS, EOT, FAST_DLLM, MASK, START_HEADER, VOCAB, llada_forward, write_tiny_llada
-from model import GPT
+from pretrained import from_pretrained, save_pretrained
 from test_sample import reference_llada
 
 P = 8  # prompt tokens of the sampler tests
+
+
+def load_folder(path, device="cpu"):
+    """The model of a LLaDA folder (pretrained.from_pretrained's first value)."""
+    return from_pretrained(path, device)[0]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -44,7 +49,7 @@ def tiny(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def loaded(tiny):
-    return GPT.from_pretrained(tiny[0], device="cpu")
+    return load_folder(tiny[0], device="cpu")
 
 
 def reference(cfg, W):
@@ -98,7 +103,7 @@ def test_sharded_checkpoint_equals_the_single_file(tiny, loaded, tmp_path):
     write_tiny_llada(str(tmp_path), shards=3)
     assert not os.path.exists(tmp_path / "model.safetensors")
     assert len(set(json.load(open(tmp_path / "model.safetensors.index.json"))["weight_map"].values())) == 3
-    sharded = GPT.from_pretrained(str(tmp_path), device="cpu")
+    sharded = load_folder(str(tmp_path), device="cpu")
     ids = random_ids((1, 32), seed=1, with_masks=True)
     with torch.no_grad():
         assert torch.equal(sharded(ids), loaded(ids))
@@ -109,7 +114,7 @@ def test_bf16_checkpoint_stays_bf16(tmp_path):
     its logits are LLaDA's forward run in bf16 up to bf16 rounding, while a model loaded in the wrong
     way (a RoPE, norm or projection error) is off by the size of the logits themselves."""
     cfg, W = write_tiny_llada(str(tmp_path), dtype=torch.bfloat16)
-    model = GPT.from_pretrained(str(tmp_path), device="cpu")
+    model = load_folder(str(tmp_path), device="cpu")
     assert all(t.dtype == torch.bfloat16 for t in model.state_dict().values())
     assert all(p.dtype == torch.bfloat16 for p in model.parameters())
     ids = random_ids((2, 40), seed=2, with_masks=True)
@@ -133,8 +138,8 @@ def test_save_pretrained_round_trip(tmp_path, dtype):
     from_pretrained of it gives the same model."""
     from safetensors.torch import load_file
     cfg, W = write_tiny_llada(str(tmp_path / "a"), dtype=dtype, shards=2)
-    model = GPT.from_pretrained(str(tmp_path / "a"), device="cpu")
-    model.save_pretrained(str(tmp_path / "b"))
+    model = load_folder(str(tmp_path / "a"), device="cpu")
+    save_pretrained(model, str(tmp_path / "b"))
     saved = load_file(str(tmp_path / "b" / "model.safetensors"))
     assert sorted(saved) == sorted(W)
     assert all(saved[k].dtype == dtype and torch.equal(saved[k], W[k]) for k in W)
@@ -143,7 +148,7 @@ def test_save_pretrained_round_trip(tmp_path, dtype):
                 "vocab_size", "embedding_size", "mask_token_id", "rope_theta", "rms_norm_eps",
                 "max_sequence_length", "weight_tying", "block_type"):
         assert config[key] == cfg[key], key
-    again = GPT.from_pretrained(str(tmp_path / "b"), device="cpu")
+    again = load_folder(str(tmp_path / "b"), device="cpu")
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
     ids = random_ids((1, 24), seed=3, with_masks=True)
     with torch.no_grad():

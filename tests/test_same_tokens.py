@@ -11,7 +11,7 @@ import torch
 import fast_sample
 import sample
 from conftest import tiny_model
-from unmask import left_pad
+from sample import left_pad
 
 # name: (row 0, row 1, NFE); tokens 0..11 written as one hex digit each (11 = [MASK] never appears)
 EXPECTED = {

@@ -6,8 +6,8 @@ import torch
 from torch.nn import functional as F
 
 from conftest import TINY_TRAIN, run, tiny_model
-from sample import cut_at_eos, generate, generate_ancestral, parse_prompt
-from unmask import confidence, left_pad, num_transfer_tokens
+from sample import (confidence, cut_at_eos, generate, generate_ancestral, left_pad, num_transfer_tokens,
+                    parse_prompt, sampling)
 
 M = 11  # tiny_model's mask id (vocab 12)
 
@@ -263,6 +263,20 @@ def test_eos():
                       eos_id=3, forbid_eos=True,
                       generator=torch.Generator().manual_seed(0))
     assert (out[:, 8:] != 3).all()
+
+
+def test_the_rules_between_options():
+    from diffusion import MDLM
+    opts = sampling(MDLM, dict(block_length=0, steps=0), 20)  # 0: one block of the whole answer, a token a step
+    assert opts["block_length"] == 20 and opts["steps"] == 20 and opts["temperature"] == 0.8
+    assert sampling(MDLM, dict(block_length=8, steps=0), 16, holes=3)["steps"] == 20  # rounded up to the 2 blocks
+    for values, words in [(dict(block_length=8), "multiple of --block_length=8"),
+                          (dict(block_length=6, steps=5), "--steps=5"),
+                          (dict(fast=True, sampler="remdm"), "--fast accelerates")]:
+        with pytest.raises(ValueError, match=words):
+            sampling(MDLM, values, 18 if "steps" not in values else 12)
+    with pytest.raises(ValueError, match="--top_k does not apply"):
+        sampling(MDLM, dict(top_k=3), 16, given=("top_k",))
 
 
 @pytest.mark.slow

@@ -7,7 +7,7 @@ import torch
 
 from conftest import TINY_TRAIN, run, tiny_model
 from families import FAMILIES
-from model import load_checkpoint
+from checkpoint import load as load_checkpoint
 
 
 def ckpt(out_dir):
@@ -41,7 +41,7 @@ def test_a_bf16_autocast_loss_is_close_to_float32(objective):
     V, g = 12, torch.Generator().manual_seed(0)
     fam = FAMILIES[objective]
     model = tiny_model(V=V, T=16, **fam.flags).train()
-    x0 = torch.randint(V - 1, (8, 16 + fam.shift), generator=g)
+    x0 = torch.randint(V - 1, (8, 16 + fam.row_extra), generator=g)
     cfg = dict(schedule="linear", masking="rate", train_loss="elbo", t_eps=1e-3, antithetic=True, curriculum_iters=1,
                tau=1e-3, bd3_block=4)  # duo: the curriculum's soft input at step 0
     obj = fam(cfg, dict(mask_id=V - 1, vocab_size=V), model)
