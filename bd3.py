@@ -46,7 +46,7 @@ import diffusion
 from configurator import rule
 from fast_sample import parallel_rule
 from model import kv_buffers
-from sample import canvas, commit, eos_fill, num_transfer_tokens, padded_forward
+from sample import canvas, commit, eos_fill, lead_first, num_transfer_tokens, padded_forward
 from tokenizer import as_pair, sft_rows
 
 
@@ -86,57 +86,106 @@ def loss(model, batch, b, reduce=True):
 # -----------------------------------------------------------------------------
 # Sampling with an exact block cache
 
-def step_forward(fwd, x, rows, lo, e, see, kv):
-    """Logits (r, e - lo, V) of canvas positions [lo, e) for the given rows, each query seeing the keys
-    see[lo:e, :e] allows, and the cache. kv: per layer (B, H, T, D) buffers (model.kv_buffers), whose keys/
-    values of [0, lo) are read and those of [lo, e) written; None with lo = 0: the first forward, which
-    makes the buffers from its own keys/values (cache=False: kv stays None, every step runs [0, e))."""
+def step_forward(fwd, x, rows, lo, hi, e, see, kv):
+    """Logits (r, hi - lo, V) of canvas positions [lo, hi) for the given rows, each query seeing the keys of
+    [0, e) that see allows, and the cache. kv: per layer (B, H, T, D) buffers (model.kv_buffers), whose keys/
+    values of [0, e) are read and those of [lo, hi) written; None with lo = 0: the first forward, which makes
+    the buffers from its own keys/values (no cache: kv stays None, every step runs [0, e))."""
     if kv is None:
-        if lo > 0:  # no cache: the whole canvas up to e
-            return fwd(x[rows, :e], rows, attn_mask=see[:e, :e]), None
+        if lo > 0:  # no cache: the whole canvas up to the block's end
+            return fwd(x[rows, :e], rows, attn_mask=see[:e, :e])[:, lo:hi], None
         logits, fresh = fwd(x[rows, :e], rows, return_kv=True, attn_mask=see[:e, :e])
         kv = kv_buffers(fresh, len(x), x.size(1))
     else:
         part = [(kb[rows, :, :e], vb[rows, :, :e]) for kb, vb in kv]  # the rows' cache up to e (a copy)
-        logits, fresh = fwd(x[rows, lo:e], rows, start=lo, kv=part, return_kv=True, attn_mask=see[lo:e, :e])
+        logits, fresh = fwd(x[rows, lo:hi], rows, start=lo, kv=part, return_kv=True, attn_mask=see[lo:hi, :e])
     for (kb, vb), (k, v) in zip(kv, fresh):
-        kb[rows, :, lo:e], vb[rows, :, lo:e] = k, v
-    return logits, kv
+        kb[rows, :, lo:hi], vb[rows, :, lo:hi] = k[:, :, :hi - lo], v[:, :, :hi - lo]
+    return logits[:, :hi - lo], kv
+
+
+def by_offset(model, prompt, pad, **kw):
+    """generate() for left-padded rows whose blocks, counted from each row's own position 0
+    (config.bd3_from_start), start at different canvas positions: each group of rows with the same padding
+    modulo the block, alone. Returns (canvas, NFE per row)."""
+    b, out, nfe = model.config.bd3_block, None, 0.0
+    for r in sorted(set((pad % b).tolist())):
+        rows = (pad % b == r).nonzero().squeeze(1)
+        x, n = generate(model, prompt[rows], pad=pad[rows], **kw)
+        out = x.new_zeros(len(prompt), x.size(1)) if out is None else out
+        out[rows], nfe = x, nfe + n * len(rows)
+    return out, nfe / len(prompt)
 
 
 @torch.no_grad()
 def generate(model, prompt, *, steps, gen_length, temperature=0.0, remasking="low_confidence", bd3_cache=True,
-             threshold=0.9, eos_id=-1, pad=None, generator=None, on_step=None):
-    """Block-by-block sampling after prompt (B, P), left-padded by pad (B,) counts. threshold > 0:
-    Fast-dLLM's rule, else steps // blocks steps per block (at least one) on LLaDA's schedule. bd3_cache:
-    the exact block K/V cache (False: every step runs the whole canvas up to its block; the same tokens).
-    Returns (canvas (B, P + gen_length), NFE per row)."""
-    b, m = model.config.bd3_block, model.config.mask_id
+             threshold=0.9, eb_threshold=0.0, sub_block=0, fast=False, eos_id=-1, pad=None, generator=None,
+             on_step=None):
+    """Block-by-block sampling after prompt (B, P), left-padded by pad (B,) counts. Each block takes its share
+    of the steps (steps x its positions / gen_length, at least one) on LLaDA's schedule; threshold > 0: every position that sure, at least the schedule's
+    count (SDAR's dynamic rule; with one step per token, Fast-dLLM's); eb_threshold > 0: SDAR's entropy bound
+    (remasking="entropy"). sub_block > 0: the block is decoded in sub-blocks of that many positions, left to
+    right (Fast-dLLM v2); fast: a sub-block whose first position is decoded runs alone against the block's
+    keys/values of the last whole-block step (Fast-dLLM v2's block cache: approximate, like a dual cache).
+    bd3_cache: the exact block K/V cache (False: every step runs the whole canvas up to its block; the same
+    tokens). Returns (canvas (B, P + gen_length), NFE per row)."""
+    cfg = model.config
+    b, m, sb = cfg.bd3_block, cfg.mask_id, sub_block or cfg.bd3_block
+    if cfg.bd3_from_start and pad is not None and len(set((pad % b).tolist())) > 1:
+        return by_offset(model, prompt, pad, steps=steps, gen_length=gen_length, temperature=temperature,
+                         remasking=remasking, bd3_cache=bd3_cache, threshold=threshold, eb_threshold=eb_threshold,
+                         sub_block=sub_block, fast=fast, eos_id=eos_id, generator=generator, on_step=on_step)
     x = canvas(prompt, gen_length, m)
     B, P, T = x.size(0), prompt.size(1), x.size(1)
-    blk = (torch.arange(T, device=x.device) - P).div(b, rounding_mode="floor")  # (T,) blocks from the prompt's end
+    # the block grid: from each row's position 0 (SDAR, Fast-dLLM v2; rows padded alike modulo b) or from the
+    # prompt's end (blocks trained from a window's start: the generated text starts a block)
+    o = (int(pad[0]) % b if pad is not None else 0) if cfg.bd3_from_start else P
+    blk = (torch.arange(T, device=x.device) - o).div(b, rounding_mode="floor")  # (T,) each position's block
     see = blk[:, None] >= blk[None]  # (T, T) block-causal: a query sees its block and those before it
     fwd, nfe, done, kv = padded_forward(model, pad, T), 0, 0, None  # done: [0, done) is cached from clean tokens
-    n_steps = max(1, steps // max(1, -(-gen_length // b)))
-    for s in range(P, T, b):
-        e = min(s + b, T)
-        n_commit = num_transfer_tokens(x[:, s:e] == m, n_steps)  # (B, n_steps), for the fixed schedule
-        for i in range(n_steps if threshold <= 0 else e - s):  # the threshold commits >= 1 per step and row
+    for bs in range(P - (P - o) % b, T, b):  # the block holding the prompt's end, then the next ones
+        s, e = max(bs, P), min(bs + b, T)  # generated: [s, e); [bs, s) is the prompt's tail
+        n_steps = max(1, steps * (e - s) // gen_length)  # the block's share of the steps (steps = gen_length: one a token)
+        lead = cfg.shift and s == bs  # a shifted model: only the first step's forward sees the output before s
+        n_commit = num_transfer_tokens((x[:, s:e] == m)[:, lead:], max(n_steps - lead, 1))  # (B, steps)
+        whole = torch.zeros(B, dtype=torch.bool, device=x.device)  # a whole-block step ran since the block began
+        i = 0
+        while True:
             rows = (x[:, s:e] == m).any(1).nonzero().squeeze(1)  # rows with masks left (not stopped at EOS)
             if len(rows) == 0:
                 break
-            lo = done if bd3_cache else 0
-            logits, kv = step_forward(fwd, x, rows, lo, e, see=see, kv=kv if bd3_cache else None)
-            logits = logits[:, s - lo:]  # (r, e - s, V)
-            done, nfe = s, nfe + len(rows)
-            n = parallel_rule(threshold, 0.0) if threshold > 0 else n_commit[rows, i]
-            cand, chosen = commit(logits, x[rows, s:e] == m, n, temperature=temperature, remasking=remasking,
-                                  generator=generator)
+            masked = x[rows, s:e] == m  # (r, e - s)
+            cs = bs + (s + masked.float().argmax(1) - bs) // sb * sb  # (r,) the sub-block of each row's first mask
+            in_sub = (torch.arange(s, e, device=x.device)[None] - cs[:, None]).div(sb, rounding_mode="floor") == 0
+            allowed = lead_first(masked) if lead and i == 0 else masked & in_sub  # where this step may commit
+            alone = whole[rows] & (x[rows, cs] != m) if fast and bd3_cache else torch.zeros_like(rows, dtype=torch.bool)
+            # the forwards: the first step from the last block's start (it is clean now: its keys/values become
+            # exact), the others the block, or (fast) a sub-block alone
+            logits = torch.zeros(len(rows), e - s, cfg.vocab_size, device=x.device)
+            wins = [(done if i == 0 else bs, e, ~alone)] + [(c, min(c + sb, e), alone & (cs == c))
+                                                            for c in cs[alone].unique().tolist()]
+            for lo, hi, g in wins:
+                if g.any():
+                    out, kv = step_forward(fwd, x, rows[g], lo if bd3_cache else 0, hi, e, see=see,
+                                           kv=kv if bd3_cache else None)
+                    lo = lo if bd3_cache else 0
+                    logits[g, max(lo, s) - s:hi - s] = out[:, max(lo, s) - lo:]
+            whole[rows] |= ~alone & (i > 0 or not lead)
+            nfe += len(rows)
+            k = n_commit[rows, i - lead] if i - lead < n_commit.size(1) else torch.ones_like(rows)  # then one a step
+            if lead and i == 0:
+                n = allowed.sum(1)
+            else:
+                n = parallel_rule(threshold, 0.0, eb_threshold, least=None if eb_threshold > 0 else k) \
+                    if threshold > 0 or eb_threshold > 0 else k
+            cand, chosen = commit(logits, allowed, n, temperature=temperature, remasking=remasking, generator=generator)
             x[rows, s:e] = torch.where(chosen, cand, x[rows, s:e])
             if on_step:
                 full = torch.zeros_like(x, dtype=torch.bool)
                 full[rows, s:e] = chosen
                 on_step(x, full)
+            i += 1
+        done = bs
         eos_fill(x, P, m, eos_id)  # a row that has written EOS with only EOS after it ends there
     return x, nfe / B
 
@@ -156,7 +205,8 @@ class BD3:
                       "bd3: tokens per block (1: autoregression, block_size: MDLM)"),
         **{k: diffusion.MDLM.train_options[k] for k in ("schedule", "train_loss", "t_eps", "antithetic")}}
     model_options = ("bd3_block",)  # written into the model's config: its sampler and bound read it there
-    sample_options = ("steps", "temperature", "remasking", "bd3_cache", "threshold")  # sample.SAMPLE_OPTIONS
+    sample_options = ("steps", "temperature", "remasking", "bd3_cache", "threshold", "eb_threshold", "sub_block",
+                      "fast")  # sample.SAMPLE_OPTIONS
 
     def __init__(self, config, meta, model):
         self.config, self.b, self.mask_id, self.saved = config, config["bd3_block"], meta["mask_id"], {}
@@ -199,6 +249,9 @@ class BD3:
     generate = staticmethod(generate)
 
     @staticmethod
-    def describe(bd3_cache=True, threshold=0.9, remasking="low_confidence", **_):
-        return (f"bd3, {'block K/V cache' if bd3_cache else 'no cache'}, "
-                + (f"threshold {threshold}" if threshold > 0 else remasking))
+    def describe(bd3_cache=True, threshold=0.9, remasking="low_confidence", eb_threshold=0.0, sub_block=0, fast=False,
+                 **_):
+        rule = (f"entropy bound {eb_threshold}" if eb_threshold > 0 else f"threshold {threshold}" if threshold > 0
+                else remasking)
+        return (f"bd3, {'block K/V cache' if bd3_cache else 'no cache'}{' + sub-block cache' if fast else ''}, "
+                + rule + (f", sub-blocks of {sub_block}" if sub_block else ""))

@@ -7,6 +7,7 @@ Speed and quality of the samplers, side by side in one run on one machine.
     python bench.py --what=fast --init_from=GSAI-ML/LLaDA-8B-Instruct --dataset=gsm8k --split=test --fewshot=5
     python bench.py --what=fewstep --out_dir=out-shakespeare-char,out-shakespeare-duo --temperature=1
     python bench.py --what=fewstep --out_dir=out-shakespeare-duo --temperature=1 --greedy_tail=False --top_p=0.95
+    python bench.py --what=cost --init_from=config/shapes/SDAR-1.7B-Chat   # random weights at a checkpoint's shape
 
 Every row of a table is measured in the same run, on the same prompts (the starts of val windows),
 one prompt at a time (batch size 1, as in Fast-dLLM's figures), the methods interleaved prompt by
@@ -29,7 +30,7 @@ from sample import SAMPLE_OPTIONS, canvas, cut_at_eos, left_pad, option_defaults
 from tokenizer import dataset_dir, load_meta, same_tokens
 
 # -----------------------------------------------------------------------------
-what = "samplers"               # 'samplers' (masked diffusion's samplers), 'fast' (Fast-dLLM vs LLaDA) or 'fewstep'
+what = "samplers"               # 'samplers' (masked diffusion's samplers), 'fast' (Fast-dLLM vs LLaDA), 'fewstep' or 'cost'
 out_dir = "out-shakespeare-char"  # fewstep: comma-separated out_dirs
 judge = "out-judge-char"
 num_samples = 8                 # prompts (one generation each per row)
@@ -38,7 +39,8 @@ gen_length = 96                 # samplers, fewstep: the generation length
 lengths = "128,256,512,1024"    # fast: generation lengths (those that fit the model's context)
 other_dirs = ""                 # fast: other models' decodings too, comma-separated out_dirs (AR, block diffusion)
 split = "val"                   # fast, on a task (SFT records): the split whose prompts are answered
-init_from = ""                  # fast: a LLaDA checkpoint in the Hugging Face layout (folder or hub id), not out_dir
+init_from = ""                  # fast: a checkpoint in the Hugging Face layout (folder or hub id), not out_dir; cost:
+                                # a folder whose config.json gives the shape (its weights are not read)
 dataset = ""                    # fast: the task its prompts come from (default: the checkpoint's own; with init_from)
 fewshot = 0                     # fast, on a task: the first k train records before each prompt (as eval.py)
 chat = False                    # fast, init_from: each prompt wrapped in the checkpoint's chat template
@@ -108,8 +110,17 @@ def bench_samplers(model, fam, judge, prompts, L, *, block_length=32, temperatur
               + f" | {secs / len(prompts):.2f} |", flush=True)
 
 
-def fast_rows(threshold, factor, eos):
-    """(name, options) of the LLaDA baseline and every Fast-dLLM setting the fast table compares."""
+def fast_rows(model, fam, threshold, factor, eos):
+    """(name, options) of the baseline and every fast setting the fast table compares: masked diffusion,
+    LLaDA's sampler and Fast-dLLM's caches and rules; block diffusion (bd3.py), the canvas recomputed every
+    step, then its exact block cache, the threshold, Fast-dLLM v2's sub-blocks and their cache."""
+    if "cache" not in fam.sample_options:
+        sb = model.config.bd3_block // 4  # Fast-dLLM v2: 8 in blocks of 32 (blocks of 4, SDAR's: none)
+        return [("baseline (bd3, no cache)", dict(bd3_cache=False, threshold=0.0)),
+                ("+ exact block cache", dict(threshold=0.0)),
+                (f"+ threshold {threshold}", dict(threshold=threshold))] + ([
+                (f"+ sub-blocks of {sb}", dict(threshold=threshold, sub_block=sb)),
+                ("+ sub-block cache (--fast)", dict(threshold=threshold, sub_block=sb, fast=True))] if sb > 1 else [])
     rows = [("baseline (llada)", dict(fast=False)),
             (f"+ parallel (threshold {threshold})", dict(cache="none", threshold=threshold)),
             ("+ prefix cache", dict(cache="prefix", threshold=0.0)),
@@ -133,7 +144,7 @@ def bench_fast(model, fam, judge, prompts, Ls, *, block_length=32, temperature=0
     its K/V cache; a block diffusion one: its exact cache and the threshold), on a canvas of at most L
     that fits its context (both stop at EOS). pad: the prompts' left padding (run)."""
     P = prompts.size(1)
-    rows = fast_rows(threshold, factor, eos)
+    rows = fast_rows(model, fam, threshold, factor, eos)
 
     def cells(gen):  # the quality columns of a row
         return quality(judge, torch.cat([prompts, gen], 1), P, eos) if accuracy is None else [accuracy(gen)]
@@ -141,7 +152,8 @@ def bench_fast(model, fam, judge, prompts, Ls, *, block_length=32, temperature=0
     print(f"| L | method | tok/s | NFE | speed-up | tokens/sample | {cols} | agree |")
     print("| --- " * (8 + (accuracy is None)) + "|")
     for L in Ls:  # one length at a time, every method on the same prompts, the baseline first
-        opts = dict(steps=L, gen_length=L, block_length=block_length, temperature=temperature, eos_id=eos)
+        opts = dict(steps=L, gen_length=L, temperature=temperature, eos_id=eos,
+                    **({"block_length": block_length} if "block_length" in fam.sample_options else {}))
         fns = [lambda x, g, o=o: fam.generate(model, x, generator=g, **opts, **o) for _, o in rows]
         names = [name for name, _ in rows]
         for name, net2, fam2 in others:
@@ -185,6 +197,47 @@ def bench_fewstep(models, judge, prompts, L, step_counts, *, temperature=1.0, to
             rewrites = f"{100 * last['changed'][:, P:].float().mean():.1f}%" if opts.get("greedy_tail") else "-"
             print(f"| {name} | {fam.describe(**opts)} | {steps} | {nfe:.1f} | "
                   + " | ".join(quality(judge, samples, P)) + f" | {rewrites} | {secs / len(prompts):.3f} |", flush=True)
+
+
+def bench_cost(model, fam, P, L, seed=1337):
+    """What a model costs on this machine by every sampler of the fast table (fast_rows) at one token a step
+    (threshold 0: the fixed schedule, whatever the weights predict), one prompt of P random tokens, L generated:
+    NFE, seconds per model call and per generated token. With random weights the tokens mean nothing; the
+    costs are a trained model's at this schedule (a parallel rule divides them by the tokens it commits per step)."""
+    prompt = torch.randint(0, model.config.mask_id, (1, P), generator=torch.Generator().manual_seed(seed))
+    opts = dict(steps=L, gen_length=L, temperature=0.0, **({"block_length": 32} if "block_length" in fam.sample_options
+                                                           else {}))
+    rows = []
+    for _, o in fast_rows(model, fam, 0.5, 1.0, -1):  # each cache of the fast table once, at one token a step
+        o = {k: 0.0 if k == "threshold" else v for k, v in o.items() if k != "factor"}
+        if o not in rows and o.get("cache") != "none":
+            rows.append(o)
+    if "sampler" in fam.sample_options:  # MDLM's ancestral sampler: a full forward a step too
+        rows.insert(1, dict(sampler="ancestral"))
+    print("| sampler | NFE | s per model call | s per token |")
+    print("| --- | --- | --- | --- |")
+    for o in rows:
+        (_, nfe), secs = timed(lambda: fam.generate(model, prompt, **opts, **o))
+        print(f"| {fam.describe(**o)} | {nfe:.0f} | {secs / nfe:.3f} | {secs / L:.3f} |", flush=True)
+
+
+def random_model(folder, dtype=torch.bfloat16):
+    """(model in eval mode, family) of a checkpoint's shape with random weights N(0, 0.02), in dtype: its
+    config.json read as from_pretrained reads it (pretrained.read_config), its weights never."""
+    from model import GPT, rope_tables
+    from pretrained import read_config
+    from families import FAMILIES
+    cfg, fam, _, _ = read_config(folder)
+    with torch.device("meta"):
+        model = GPT(cfg)
+    model = model.to_empty(device=device).to(dtype).eval()
+    if cfg.tie:  # to_empty gives the two names storage of their own
+        model.lm_head.weight = model.wte.weight
+    g = torch.Generator(device=device).manual_seed(seed)
+    for p in model.parameters():
+        torch.nn.init.normal_(p, 0.0, 0.02, generator=g) if p.dim() > 1 else torch.nn.init.ones_(p)
+    model.cos, model.sin = (t.to(device) for t in rope_tables(cfg.d_head, cfg.block_size, cfg.rope_theta))
+    return model, FAMILIES[fam]
 
 
 @torch.no_grad()
@@ -267,7 +320,7 @@ def fast_main(model, fam, ckpt, judge_model, data_dir, opts):
         fail(f"no length in {lengths} fits the model's context of {model.config.block_size} with a {P}-token prompt")
     bench_fast(model, fam, judge_model, prompts.to(device), Ls, threshold=threshold, factor=factor,
                accuracy=accuracy, others=others, pad=pad, **opts)
-    print(f"\n{len(prompts)} prompts of {'up to ' if pad is not None and pad.any() else ''}{P} tokens, one at a time; steps = L, blocks of {block_length}, "
+    print(f"\n{len(prompts)} prompts of {'up to ' if pad is not None and pad.any() else ''}{P} tokens, one at a time; steps = L, blocks of {model.config.bd3_block or block_length}, "
           f"temperature {temperature}, low-confidence remasking; tok/s: generated tokens before the first EOS "
           f"per second; speed-up: over the baseline's tok/s in this run; agree: the fraction of generated "
           f"positions equal to the baseline's. {'Task: ' + task + ', ' + split + ' split' if task else 'Judge: ' + judge}. "
@@ -279,15 +332,26 @@ if __name__ == "__main__":
                    if not k.startswith("_") and not k.isupper() and isinstance(v, (int, float, bool, str))]
     globals().update(configure({k: globals()[k] for k in config_keys},
                                notes={k: what for k, (_, _, what) in SAMPLE_OPTIONS.items()}))
-    check(globals(), dict(what=one_of("samplers", "fast", "fewstep"), num_samples=POSITIVE, prompt_len=POSITIVE,
+    check(globals(), dict(what=one_of("samplers", "fast", "fewstep", "cost"), num_samples=POSITIVE, prompt_len=POSITIVE,
                           split=one_of("train", "val", "test"),
                           gen_length=POSITIVE, lengths=rule(parse_lengths, "comma-separated positive integers"),
                           step_counts=rule(lambda v: parse_lengths(v) and max(parse_lengths(v)) <= MAX_STEPS,
                                            f"comma-separated positive integers up to {MAX_STEPS:,}"),
                           out_dir=PATH, judge=PATH, seed=SEED,
                           **dict(option_rules(*SAMPLING), block_length=POSITIVE)))  # the tables cut L in blocks
-    if init_from and what != "fast":
-        fail("--init_from is for --what=fast (a pretrained model answering a task: --dataset=gsm8k)")
+    if init_from and what not in ("fast", "cost"):
+        fail("--init_from is for --what=fast (a pretrained model answering a task: --dataset=gsm8k) and --what=cost")
+    if what == "cost":
+        if not init_from:
+            fail("--what=cost times a checkpoint's shape: --init_from=<a folder with its config.json>")
+        try:
+            model, fam = random_model(init_from)
+        except ValueError as e:
+            fail(e)
+        print(f"{init_from}: {model.num_params() / 1e9:.2f}B parameters, random weights, bf16; a {prompt_len}-token "
+              f"prompt, {gen_length} tokens, one a step; {device}, {torch.get_num_threads()} threads\n")
+        bench_cost(model, fam, prompt_len, gen_length, seed)
+        sys.exit(0)
     if what != "fewstep" and "," in out_dir:
         fail(f"--out_dir={out_dir!r}: one checkpoint for --what={what} (several only for --what=fewstep)")
     for key in ("out_dir", "other_dirs"):
@@ -303,7 +367,7 @@ if __name__ == "__main__":
             model, ckpt, fam = pretrained(init_from, device)  # in eval mode
         else:
             (_, model, fam, ckpt), = load_models(out_dir)
-        needs = {"samplers": ("sampler", "remasking", "eta"), "fast": ("fast", "cache", "threshold", "factor")}[what]
+        needs = {"samplers": ("sampler", "remasking", "eta"), "fast": ("fast", "threshold")}[what]
         if set(needs) - set(fam.sample_options):
             fail(f"--what={what} compares masked diffusion's samplers; {out_dir}'s family has other options "
                  f"({', '.join(fam.sample_options) or 'none'}): use --what=fewstep")

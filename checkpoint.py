@@ -152,9 +152,13 @@ def in_own_tokens(pre, pairs, meta, config):
     family), with a tokenizer of its own): the records' text encoded again in its tokens (tokenizer.recode),
     those whose prompt fits --block_size, and its vocabulary. In place: the model in float32 (autocast computes
     in bf16), and config takes its shape unless the command line gives one (start refuses that)."""
+    if pre[0].config.shift:
+        raise ValueError(f"{config['init_from']}: its outputs are shifted (position i predicts token i + 1: Dream, "
+                         f"Fast-dLLM v2), which the samplers realign but train.py's losses do not: sample or evaluate it")
     T = config["block_size"]
     pairs = fitting({s: [r for r in recode(rs, meta, pre[1]["meta"])[0] if len(r[0]) < T] for s, rs in pairs.items()},
                     config["dataset"], T)
     pre[0].float()
-    config.update({k: getattr(pre[0].config, k) for k in ("n_layer", "n_head", "n_embd") if k not in command_line_keys()})
+    config.update({k: getattr(pre[0].config, k) for k in ("n_layer", "n_head", "n_embd", "bd3_block")
+                   if k not in command_line_keys() and k in config})
     return pairs, dict(pre[1]["meta"], task=meta.get("task"))

@@ -186,8 +186,9 @@ class MDLM:
         "antithetic": (True, None, "low-discrepancy times across the global batch"),
     }
     model_options = ()  # train options written into the model's config (none)
-    sample_options = ("steps", "block_length", "temperature", "sampler", "remasking", "cfg_scale", "eta",
-                      "forbid_eos", "fast", "cache", "threshold", "factor", "eos_stop")  # sample.SAMPLE_OPTIONS
+    sample_options = ("steps", "block_length", "temperature", "sampler", "remasking", "transfer", "alg_temp",
+                      "cfg_scale", "eta", "forbid_eos", "fast", "cache", "threshold", "factor",
+                      "eos_stop")  # sample.SAMPLE_OPTIONS
 
     def __init__(self, config, meta, model):
         """The training side, for train.py's options (config) on a dataset with vocabulary meta."""
@@ -240,12 +241,13 @@ class MDLM:
                                         eos_stop=o["eos_stop"], **kw)
         if o["sampler"] == "llada":
             return sample.generate(model, prompt, block_length=o["block_length"], remasking=o["remasking"],
-                                   cfg_scale=o["cfg_scale"], **kw)
+                                   transfer=o["transfer"], alg_temp=o["alg_temp"], cfg_scale=o["cfg_scale"], **kw)
         return sample.generate_ancestral(model, prompt, eta=o["eta"] if o["sampler"] == "remdm" else 0.0, **kw)
 
     @staticmethod
-    def describe(sampler="llada", fast=False, remasking="low_confidence", cache="dual", threshold=0.9, **_):
+    def describe(sampler="llada", fast=False, remasking="low_confidence", cache="dual", threshold=0.9, transfer="linear",
+                 **_):
         """The sampler in a few words, for tables."""
         if fast:
             return f"fast {cache} cache, threshold {threshold}, {remasking}"
-        return f"llada, {remasking}" if sampler == "llada" else sampler
+        return f"llada, {remasking}" + (", time grid" if transfer == "timegrid" else "") if sampler == "llada" else sampler

@@ -3,8 +3,8 @@ The model families by name: the one table that says which file trains, evaluates
 
 A family is one file with one interface (diffusion.MDLM, ar.AR, duo.Duo and duo.DCD, its distillation,
 bd3.BD3). train.py's --objective names it and every checkpoint stores that name (config['objective']);
-train.py, sample.py, eval.py and bench.py look it up once, here (a pretrained LLaDA folder, --init_from,
-is masked diffusion: pretrained), and from then on call only these names:
+train.py, sample.py, eval.py and bench.py look it up once, here (a pretrained folder, --init_from, is
+masked or block diffusion by its layout: pretrained), and from then on call only these names:
 
     flags             the GPTConfig flags of the model it trains (causal, time_cond)
     row_extra         tokens a training row holds past block_size (AR: the last target)
@@ -55,11 +55,11 @@ def load(path, device="cpu", **kw):
 
 
 def pretrained(path, device="cpu"):
-    """(model, ckpt, family) of a LLaDA checkpoint in the Hugging Face layout, a folder or a hub id
-    (pretrained.from_pretrained): a masked diffusion model, so MDLM's family, with the ckpt entries the scripts
-    read: meta (its own tokenizer.json, [MASK] and EOS ids) and config (no dataset of its own)."""
-    model, folder, cj = from_pretrained(path, device)
-    eos = cj.get("eos_token_id")
+    """(model, ckpt, family) of a checkpoint in the Hugging Face layout, a folder or a hub id
+    (pretrained.from_pretrained): masked diffusion (LLaDA, Dream, A2D) or block diffusion (SDAR, Fast-dLLM v2),
+    with the ckpt entries the scripts read: meta (its own tokenizer.json, [MASK] and EOS ids) and config (its
+    family, no dataset of its own)."""
+    model, folder, fam, eos = from_pretrained(path, device)
     meta = dict(tokenizer="hf", path=folder, vocab_size=model.config.vocab_size, mask_id=model.config.mask_id,
-                eos_id=eos if isinstance(eos, int) else -1)
-    return model, dict(config=dict(objective="mdlm", dataset="", init_from=path), meta=meta), diffusion.MDLM
+                eos_id=eos)
+    return model, dict(config=dict(objective=fam, dataset="", init_from=path), meta=meta), FAMILIES[fam]

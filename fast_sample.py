@@ -19,6 +19,11 @@ What changes:
      greedy parallel decoding equals greedy sequential decoding (Fast-dLLM, Theorem 1).
    With neither, sample.generate's fixed schedule is kept.
 
+A shifted model (config.shift, Dream: output j predicts token j + 1) reads the window's first position
+from the output before the window, which only the refresh computes: the refresh commits that position
+alone (sample.lead_first, as Fast-dLLM's Dream code), then the cached calls read shifted outputs within
+the window, whose first position is decoded; the fixed schedule spreads the other masks over the other steps.
+
 Where it differs from Fast-dLLM's reference code (which decodes every position of every row):
 3. Finished rows stop: under a parallel rule a row whose block is decoded no longer calls the model,
    so a batch costs each row its own number of forwards (NFE counts model calls per row).
@@ -31,7 +36,7 @@ Where it differs from Fast-dLLM's reference code (which decodes every position o
 import torch
 
 from model import kv_buffers
-from sample import CACHES, block_plan, canvas, commit, eos_fill, num_transfer_tokens, padded_forward
+from sample import CACHES, block_plan, canvas, commit, eos_fill, lead_first, num_transfer_tokens, padded_forward
 
 
 def factor_rule(conf, f):
@@ -42,12 +47,22 @@ def factor_rule(conf, f):
     return ok.sum(1).clamp(min=1)
 
 
-def parallel_rule(threshold, factor):
-    """Fast-dLLM's commit count as a function of the confidences (b, W): every position at least
-    `threshold` sure (at least one), or else the factor rule."""
-    if threshold > 0:
-        return lambda conf: (conf >= threshold).sum(1).clamp(min=1)
-    return lambda conf: factor_rule(conf, factor)
+def parallel_rule(threshold, factor, eb=0.0, least=None):
+    """The parallel rules' commit count as a function of the confidences (b, W) -> (b,):
+    - eb > 0 (SDAR's entropy-bounded rule; the confidences are negative entropies, remasking="entropy"): the
+      surest positions for as long as their entropies add up to less than eb;
+    - else threshold > 0: every position at least `threshold` sure (Fast-dLLM);
+    - else the factor rule (Fast-dLLM).
+    Each commits at least least[b] (SDAR's dynamic threshold: the fixed schedule's count), and at least one."""
+    def count(conf):
+        if eb > 0:
+            k = (-conf.sort(dim=1, descending=True).values).cumsum(1).lt(eb).sum(1)  # entropies ascending; +inf unmasked
+        elif threshold > 0:
+            k = (conf >= threshold).sum(1)
+        else:
+            k = factor_rule(conf, factor)
+        return (k if least is None else torch.maximum(k, least)).clamp(min=1)
+    return count
 
 
 def active_rows(x, lo, e, m, fixed):
@@ -92,17 +107,24 @@ def generate(model, prompt, *, steps, gen_length, block_length, temperature=0.0,
     fixed = threshold <= 0 and factor <= 0
     x = canvas(prompt, gen_length, m)
     fwd, nfe, kv = padded_forward(model, pad, x.size(1), eos_id if forbid_eos else -1), 0, None
+    lead = model.config.shift and cache != "none"  # a shifted model: the refresh commits the window's first position
     for lo, e, n_steps in block_plan(x, prompt.size(1), gen_length=gen_length, block_length=block_length, steps=steps,
                                      mask_id=m):
-        n_commit = num_transfer_tokens(x[:, lo:e] == m, n_steps)  # (B, n_steps), for the fixed schedule
-        for i in range(n_steps if fixed else e - lo):  # the parallel rules commit >= 1 per step and row
+        # (B, steps) for the fixed schedule; with a lead step, the other masks over the other steps (at least one)
+        n_commit = num_transfer_tokens((x[:, lo:e] == m)[:, lead:], max(n_steps - lead, 1))
+        for i in range(n_commit.size(1) + lead if fixed else e - lo):  # the parallel rules commit >= 1 per step and row
             rows = active_rows(x, lo, e, m, fixed)
             if rows is None:
                 break
             logits, kv = cached_forward(fwd, x, rows, lo, e, cache=cache, kv=kv, refresh=i == 0)
             nfe += len(logits)
-            n = n_commit[rows, i] if fixed else parallel_rule(threshold, factor)
-            cand, chosen = commit(logits, x[rows, lo:e] == m, n, temperature=temperature, remasking=remasking,
+            masked = x[rows, lo:e] == m
+            if lead and i == 0:
+                masked = lead_first(masked)
+                n = masked.sum(1)
+            else:
+                n = n_commit[rows, i - lead] if fixed else parallel_rule(threshold, factor)
+            cand, chosen = commit(logits, masked, n, temperature=temperature, remasking=remasking,
                                   generator=generator)
             x[rows, lo:e] = torch.where(chosen, cand, x[rows, lo:e])
             if eos_stop:

@@ -43,10 +43,22 @@ class GPTConfig:
     time_cond: bool = False  # True: conditioned on the noise level sigma (uniform-state diffusion, duo.py)
     bd3_block: int = 0      # > 0: the block size the weights were trained block-causally with (bd3.py reads it;
                             # the attention pattern itself comes from the caller's attn_mask)
+    bd3_from_start: bool = False  # its blocks counted from position 0 (SDAR, Fast-dLLM v2), else from the prompt's end
     n_hidden: int = 0       # SwiGLU width (0: ~8/3 n_embd); a loaded checkpoint's own (LLaDA-8B: 12288 = 3 x 4096)
     tie: bool = True        # the output head is the embedding (False: a head of its own, as LLaDA's)
     norm_eps: float = 1e-6  # RMSNorm's epsilon (LLaDA: 1e-5)
     rope_theta: float = 10000.0  # RoPE base (LLaDA-8B: 500,000)
+    # the settings of the Qwen-architecture checkpoints (pretrained.py): all off, the model above
+    n_kv_head: int = 0      # grouped-query attention: key/value heads, each shared by n_head / n_kv_head queries (0: n_head)
+    head_dim: int = 0       # width of a head (0: n_embd // n_head; Qwen3-0.6B: 128 with n_embd 1024 and 16 heads)
+    qkv_bias: bool = False  # q, k and v projections with biases (Qwen2: Dream, Fast-dLLM v2)
+    qk_norm: bool = False   # an RMSNorm over each head's q and k before RoPE (Qwen3: SDAR)
+    shift: bool = False     # output i predicts token i + 1 (trained as an AR model: Dream, Fast-dLLM v2); forward
+                            # returns the outputs as they are, the samplers' seam (sample.padded_forward) aligns them
+
+    @property
+    def d_head(self):
+        return self.head_dim or self.n_embd // self.n_head
 
 
 # dense bf16 (V100, T4: fp16) tensor-core peaks in FLOP/s, matched by substring of the device name
@@ -80,20 +92,27 @@ def apply_rope(x, cos, sin):
 class Attention(nn.Module):
     def __init__(self, cfg):
         super().__init__()
-        assert cfg.n_embd % cfg.n_head == 0
-        self.n_head, self.causal, self.dropout = cfg.n_head, cfg.causal, cfg.dropout
-        self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=False)
-        self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=False)
+        self.H, self.H_kv = cfg.n_head, cfg.n_kv_head or cfg.n_head
+        self.D = cfg.d_head
+        assert self.H % self.H_kv == 0 and (cfg.head_dim or cfg.n_embd % cfg.n_head == 0)
+        self.causal, self.dropout = cfg.causal, cfg.dropout
+        # q, k, v stacked in one matrix: H, H_kv and H_kv heads of width D (rows in that order)
+        self.qkv = nn.Linear(cfg.n_embd, (self.H + 2 * self.H_kv) * self.D, bias=cfg.qkv_bias)
+        self.proj = nn.Linear(self.H * self.D, cfg.n_embd, bias=False)
+        if cfg.qk_norm:
+            self.q_norm, self.k_norm = RMSNorm(self.D, cfg.norm_eps), RMSNorm(self.D, cfg.norm_eps)
 
     def forward(self, x, cos, sin, start, kv=None, key_mask=None, attn_mask=None):
-        B, n, C = x.shape
-        qkv = self.qkv(x).view(B, n, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)  # (3, B, H, n, D)
-        (q, k), v = apply_rope(qkv[:2], cos, sin), qkv[2]  # q and k rotated in one go
-        fresh = (k, v)
+        B, n, _ = x.shape
+        q, k, v = self.qkv(x).view(B, n, -1, self.D).transpose(1, 2).split([self.H, self.H_kv, self.H_kv], dim=1)
+        if hasattr(self, "q_norm"):  # (B, h, n, D): each head's vector normalised
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        fresh = (k, v)  # (B, H_kv, n, D) each
         if kv is not None:  # write the fresh keys/values into the cache at [start, start+n)
             k, v = kv
             k[:, :, start:start + n], v[:, :, start:start + n] = fresh
-        T_k = k.size(2)  # (B, H, T_k, D)
+        T_k = k.size(2)  # (B, H_kv, T_k, D)
         mask = None if key_mask is None else key_mask[:, None, None, :T_k]  # (B, 1, 1, T_k)
         if attn_mask is not None:  # (n, T_k) or (B, 1, n, T_k): the keys each query may see (bd3.py's blocks)
             mask = attn_mask if mask is None else mask & attn_mask
@@ -103,8 +122,8 @@ class Attention(nn.Module):
             mask = tri if mask is None else mask & tri
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
                                            dropout_p=self.dropout if self.training else 0.0,
-                                           is_causal=self.causal and mask is None)
-        y = y.transpose(1, 2).reshape(B, n, C)
+                                           is_causal=self.causal and mask is None, enable_gqa=self.H_kv < self.H)
+        y = y.transpose(1, 2).reshape(B, n, self.H * self.D)
         return self.proj(y), fresh
 
 
@@ -172,7 +191,7 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         if cfg.tie:
             self.wte.weight = self.lm_head.weight  # weight tying
-        cos, sin = rope_tables(cfg.n_embd // cfg.n_head, cfg.block_size, cfg.rope_theta)
+        cos, sin = rope_tables(cfg.d_head, cfg.block_size, cfg.rope_theta)
         self.register_buffer("cos", cos, persistent=False)
         self.register_buffer("sin", sin, persistent=False)
         self.apply(self._init_weights)
@@ -191,6 +210,8 @@ class GPT(nn.Module):
     def _init_weights(self, m):
         if isinstance(m, (nn.Linear, nn.Embedding)):
             nn.init.normal_(m.weight, mean=0.0, std=0.02)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
 
     def num_params(self):
         return sum(p.numel() for p in self.parameters())  # tied weights are counted once

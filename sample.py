@@ -47,10 +47,12 @@ from tokenizer import MASK_GLYPH, write_files
 
 @torch.no_grad()
 def generate(model, prompt, *, steps, gen_length, block_length, temperature=0.0, remasking="low_confidence",
-             cfg_scale=0.0, eos_id=-1, forbid_eos=False, pad=None, generator=None, on_step=None):
+             transfer="linear", alg_temp=0.0, cfg_scale=0.0, eos_id=-1, forbid_eos=False, pad=None, generator=None,
+             on_step=None):
     """LLaDA's sampler. prompt: (B, P) ids, [MASK] allowed (infilled together with the first block);
-    pad: optional (B,) left-padding counts. on_step(x, chosen) sees the canvas after every step.
-    Returns (canvas (B, P + gen_length), NFE per row)."""
+    pad: optional (B,) left-padding counts. transfer: how many commits per step (step_count); alg_temp > 0:
+    positions drawn by their confidences instead of the top ones (commit). on_step(x, chosen) sees the canvas
+    after every step. Returns (canvas (B, P + gen_length), NFE per row)."""
     m = model.config.mask_id
     x = canvas(prompt, gen_length, m)
     given = x != m  # prompt (and padding): never changed; masked out for the unconditional pass
@@ -66,8 +68,9 @@ def generate(model, prompt, *, steps, gen_length, block_length, temperature=0.0,
             else:
                 logits = fwd(x)
                 nfe += 1
-            cand, chosen = commit(logits[:, lo:e], x[:, lo:e] == m, n_commit[:, i], temperature=temperature,
-                                  remasking=remasking, generator=generator)
+            masked = x[:, lo:e] == m
+            cand, chosen = commit(logits[:, lo:e], masked, step_count(n_commit, masked, i, transfer),
+                                  temperature=temperature, remasking=remasking, alg_temp=alg_temp, generator=generator)
             x[:, lo:e] = torch.where(chosen, cand, x[:, lo:e])
             if on_step:
                 on_step(x, F.pad(chosen, (lo, x.size(1) - e)))
@@ -135,6 +138,36 @@ def num_transfer_tokens(masked, steps):
     return base + (torch.arange(steps, device=n.device)[None, :] < rem).long()
 
 
+TRANSFERS = ("linear", "timegrid")
+TIMEGRID_EPS = 1e-3  # Dream's generation_config eps: its time grid ends at t = eps
+
+
+def step_count(n_commit, masked, i, transfer):
+    """Step i's commit counts (B,) of a window whose masks are now masked (B, W): "linear", LLaDA's schedule
+    n_commit (B, steps) fixed when the window starts (num_transfer_tokens); "timegrid", Dream's: on the grid
+    t = linspace(1, eps, steps + 1), floor(masks left x (1 - t_{i+1} / t_i)) (float32, as Dream computes it), all
+    that are left at the last step. (Dream averages the masks over the batch; here each row counts its own.)"""
+    steps = n_commit.size(1)
+    if transfer == "linear":
+        return n_commit[:, i]
+    left = masked.sum(1)
+    if i == steps - 1:
+        return left
+    t = torch.linspace(1, TIMEGRID_EPS, steps + 1)
+    return (left.float() * (1 - t[i + 1] / t[i]).to(left.device)).long()
+
+
+def lead_first(masked):
+    """The positions a shifted model's (config.shift) first step under a cache may commit: the window's first
+    alone. Its prediction is the output of the position before the window, which only that step's forward
+    computes (the whole canvas, or the block before it with this one); the later cached calls run the window
+    alone, so they need it decoded (Fast-dLLM's Dream code commits x[:, s] after the refresh; Fast-dLLM v2
+    the next block's first token from the forward that caches the last). masked (b, W) bool -> (b, W) bool."""
+    out = torch.zeros_like(masked)
+    out[:, 0] = masked[:, 0]
+    return out
+
+
 def confidence(logits, cand, remasking, generator=None):
     """How sure the model is of each candidate: (B, W) float64, higher = commit first."""
     if remasking == "random":
@@ -150,17 +183,22 @@ def confidence(logits, cand, remasking, generator=None):
     raise ValueError(f"unknown remasking {remasking!r}; choose from {REMASKING}")
 
 
-def commit(logits, masked, n, temperature, remasking, generator=None):
+def commit(logits, masked, n, temperature, remasking, alg_temp=0.0, generator=None):
     """The commit step: a candidate at each position of the window by Gumbel-max at temperature T,
-    its confidence, and the n[b] most confident masked positions of each row (LLaDA's torch.topk).
-    logits: (B, W, V); masked: (B, W) bool; n: (B,) counts, or a function of the confidences
-    (B, W) -> (B,) counts (Fast-dLLM's parallel rules). Returns (cand (B, W), commit (B, W) bool)."""
+    its confidence, and the n[b] most confident masked positions of each row (LLaDA's torch.topk), or
+    with alg_temp > 0 n[b] positions drawn without replacement from softmax(confidence / alg_temp)
+    (Dream's alg_temp). logits: (B, W, V); masked: (B, W) bool; n: (B,) counts, or a function of the
+    confidences (B, W) -> (B,) counts (the parallel rules). Returns (cand (B, W), commit (B, W) bool)."""
     cand = add_gumbel_noise(logits, temperature, generator).argmax(-1)
     conf = torch.where(masked, confidence(logits, cand, remasking, generator), float("-inf"))
     n = torch.minimum(n(conf) if callable(n) else n, masked.sum(1))  # never more than the masks left
     chosen = torch.zeros_like(masked)
     for b in range(len(conf)):  # per row: its own count
-        chosen[b, torch.topk(conf[b], k=int(n[b])).indices] = True
+        k = int(n[b])
+        if alg_temp > 0 and k:
+            chosen[b, torch.multinomial(F.softmax(conf[b] / alg_temp, -1), k, generator=generator)] = True
+        else:
+            chosen[b, torch.topk(conf[b], k=k).indices] = True
     return cand, chosen
 
 
@@ -200,9 +238,11 @@ def block_plan(x, P, *, gen_length, block_length, steps, mask_id):
 
 def padded_forward(model, pad, T, forbid=-1):
     """The model as a function of (part of) the canvas: f(x, rows, start, kv, return_kv, **kw) runs the
-    tokens x of the given rows at positions start.. (kw: more of model.forward's, e.g. attn_mask); with
-    left padding (pad: (B,) counts), padded keys are hidden and each row gets its own positions, so a
-    row sees exactly what it would see alone. forbid >= 0: that token (EOS) is never predicted."""
+    tokens x of the given rows at positions start.. (kw: more of model.forward's, e.g. attn_mask) and returns
+    logits where position j's predict token j, also for a shifted model (config.shift: Dream, Fast-dLLM v2),
+    the one place its outputs are realigned; with left padding (pad: (B,) counts), padded keys are hidden
+    and each row gets its own positions, so a row sees exactly what it would see alone. forbid >= 0: that
+    token (EOS) is never predicted."""
     if pad is None:
         key_mask = pos = None
     else:
@@ -213,9 +253,14 @@ def padded_forward(model, pad, T, forbid=-1):
         if pad is not None:
             kw.update(pos=pos[rows, start:start + x.size(1)], key_mask=key_mask[rows])
         out = model(x, start=start, kv=kv, return_kv=return_kv, **kw)
+        logits = out[0] if return_kv else out  # (b, n, V)
         if forbid >= 0:
-            (out[0] if return_kv else out)[..., forbid] = float("-inf")
-        return out
+            logits[..., forbid] = float("-inf")
+        if model.config.shift:  # output j predicts token j + 1: the logits of [start, start + n) are the outputs
+            # of [start - 1, start + n - 1); the first has no predecessor in this call and keeps its own (Dream's
+            # convention), which the cached samplers never read (lead_first)
+            logits = torch.cat([logits[:, :1], logits[:, :-1]], 1)
+        return (logits, out[1]) if return_kv else logits
     return f
 
 
@@ -254,12 +299,21 @@ SAMPLE_OPTIONS = {
     "temperature": (0.8, TEMPERATURE, "Gumbel-max temperature, float64 noise (0: greedy)"),
     "sampler": ("llada", one_of(*SAMPLERS), "llada (remasking), ancestral (MDLM) or remdm (ancestral + re-masking)"),
     "remasking": ("low_confidence", one_of(*REMASKING), "llada: which predictions are committed first"),
+    "transfer": ("linear", one_of(*TRANSFERS), "llada: commits per step, linear (LLaDA) or timegrid (Dream's grid)"),
+    "alg_temp": (0.0, NON_NEGATIVE, "llada: > 0 draws the committed positions from softmax(confidence / alg_temp) "
+                                    "(Dream), 0 takes the surest"),
     "cfg_scale": (0.0, NON_NEGATIVE, "llada: classifier-free guidance scale (0: off)"),
     "eta": (0.02, UNIT, "remdm: the re-masking probability cap"),
     "forbid_eos": (False, None, "never sample EOS (datasets with an EOS token)"),
-    "fast": (False, None, "Fast-dLLM (fast_sample.py): block-wise K/V cache + parallel decoding"),
+    "fast": (False, None, "Fast-dLLM: mdlm, block-wise K/V cache + parallel decoding (fast_sample.py); bd3, "
+                          "Fast-dLLM v2's sub-block cache"),
     "cache": ("dual", one_of(*CACHES), "fast: the K/V cache, none, prefix or dual"),
-    "threshold": (0.9, UNIT, "fast, bd3: commit every position at least this sure (0: off)"),
+    "threshold": (0.9, UNIT, "fast, bd3: commit every position at least this sure (0: off; bd3: at least the "
+                             "steps' schedule, SDAR's dynamic rule)"),
+    "eb_threshold": (0.0, NON_NEGATIVE, "bd3: commit the surest while their entropies sum below this (SDAR's "
+                                        "entropy bound; --remasking=entropy; 0: off)"),
+    "sub_block": (0, NON_NEGATIVE, "bd3: decode each block in sub-blocks of this many positions (Fast-dLLM v2: 8; "
+                                   "0: the block)"),
     "factor": (0.0, NON_NEGATIVE, "fast, threshold 0: the factor rule (n + 1)(1 - c(n)) < factor (0: off)"),
     "eos_stop": (True, None, "fast: a row stops at a committed EOS with only EOS after it (False: every position "
                              "decoded, as Fast-dLLM's reference)"),
@@ -294,8 +348,10 @@ def sampling(fam, values, gen_length, holes=0, given=(), where="this model"):
     if opts.get("steps") == 0:
         n = max(gen_length // opts["block_length"], 1) if opts.get("block_length") else 1  # blocks checked below
         opts["steps"] = -(-(gen_length + holes) // n) * n
-    if opts.get("fast") and (opts.get("sampler") != "llada" or opts.get("cfg_scale")):
+    if opts.get("fast") and "sampler" in opts and (opts["sampler"] != "llada" or opts.get("cfg_scale")):
         raise ValueError("--fast accelerates the llada sampler without guidance (sampler=llada, cfg_scale=0)")
+    if opts.get("eb_threshold") and opts.get("remasking") != "entropy":
+        raise ValueError("--eb_threshold bounds the entropies of what a step commits: it needs --remasking=entropy")
     if opts.get("sampler") == "llada":
         check_blocks(gen_length, opts["block_length"], opts["steps"])
     elif "steps" in opts and opts["steps"] <= 0:

@@ -27,7 +27,7 @@ def test_fast_table_rows_speak_for_their_methods(capsys):
                      seed=5, eos=EOS)
     out = capsys.readouterr().out
     table = rows(out)
-    names = [name for name, _ in bench.fast_rows(0.2, 1.0, EOS)]
+    names = [name for name, _ in bench.fast_rows(model, MDLM, 0.2, 1.0, EOS)]
     assert [(int(r[0]), r[1]) for r in table] == [(L, m) for L in (16, 32) for m in names]
     assert names[0] == "baseline (llada)" and names[-1] == "+ dual cache + parallel (0.2), no EOS stop"
     for L in (16, 32):
@@ -175,7 +175,7 @@ def test_fewstep_passes_duo_its_sampler_options(capsys):
 def test_fast_table_of_a_model_that_writes_only_eos_has_no_speed_up(capsys):
     """A baseline that writes nothing before EOS has no tokens/s to divide by: its rows say '-', not a crash."""
     class OnlyEos(torch.nn.Module):
-        config = type("C", (), {"mask_id": 11, "block_size": 40, "causal": False})()
+        config = type("C", (), {"mask_id": 11, "block_size": 40, "causal": False, "shift": False})()
 
         def forward(self, x, start=0, kv=None, return_kv=False, **kw):
             logits = torch.full((*x.shape, 12), -5.0)

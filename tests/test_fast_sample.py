@@ -58,7 +58,7 @@ class Peaked(torch.nn.Module):
 
     def __init__(self, conf, T=64, V=12):
         super().__init__()
-        self.config = type("C", (), {"mask_id": V - 1, "block_size": T, "causal": False})()
+        self.config = type("C", (), {"mask_id": V - 1, "block_size": T, "causal": False, "shift": False})()
         self.conf, self.V = conf, V
         self.calls = []
 

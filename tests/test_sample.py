@@ -155,7 +155,7 @@ def test_cfg_with_left_padding_equals_each_row_alone():
 class Guided(torch.nn.Module):
     """Tokens a (0) and b (1): conditional logits c = (1.0, 0.9) when the prompt (position 0) is
     visible, unconditional u = (2.0, 0.0) when it is masked (id 3)."""
-    config = type("C", (), {"mask_id": 3, "block_size": 2, "causal": False})()
+    config = type("C", (), {"mask_id": 3, "block_size": 2, "causal": False, "shift": False})()
 
     def forward(self, x, **kw):
         out = torch.full((*x.shape, 4), float("-inf"))
@@ -198,7 +198,7 @@ def test_confidences():
 class Joint(torch.nn.Module):
     """A toy 'model' with known marginals: two positions, a joint p(a, b) over 3 tokens; it answers
     with the exact conditional of each masked position given the visible one."""
-    config = type("C", (), {"mask_id": 3, "block_size": 2, "causal": False})()
+    config = type("C", (), {"mask_id": 3, "block_size": 2, "causal": False, "shift": False})()
 
     def __init__(self):
         super().__init__()

@@ -248,7 +248,7 @@ class Oracle(torch.nn.Module):
     def __init__(self, target, V, causal=False):
         super().__init__()
         self.target, self.w = torch.tensor(target), torch.nn.Parameter(torch.zeros(1))
-        self.config = type("C", (), {"vocab_size": V, "mask_id": V - 2, "causal": causal, "time_cond": False,
+        self.config = type("C", (), {"vocab_size": V, "mask_id": V - 2, "causal": causal, "time_cond": False, "shift": False,
                                      "block_size": 4 * len(target)})()
 
     def forward(self, x, start=0, kv=None, pos=None, key_mask=None, return_kv=False, sigma=None):
