@@ -29,12 +29,21 @@ block, a row that has written EOS with only EOS after it stops there, EOS after 
 The canvas must fit the context (the RoPE tables and the training windows end there).
 
 From an AR checkpoint (train.py --init_from=<an objective=ar out_dir>, BD3.converts): the same weights,
-the block-causal mask instead of the causal one. Logits are not shifted (as SDAR; Fast-dLLM v2 and
-Dream shift them): position i predicts token i, as in MDLM and in a BD3 model trained from scratch, so
-one loss and one sampler serve both. With a shift, a block's first token would be predicted at the
-last position of the block before it, in the clean copy: the loss would read both halves and the
-sampler a clean position's output at every step. The price: the AR head, which predicted the next
-token, learns to predict its own position, during the continued training.
+the block-causal mask instead of the causal one. Its logits are not shifted (as SDAR's): position i
+predicts token i, as in MDLM and in a BD3 model trained from scratch, so one loss serves both (with a
+shift, a block's first token would be predicted in the clean copy, and the loss would read both halves).
+The price: the AR head, which predicted the next token, learns to predict its own position.
+
+The real block diffusion checkpoints (pretrained.py) sample here too. SDAR and Fast-dLLM v2 count blocks
+from position 0 (config.bd3_from_start): the prompt's tail shares the first block with the first generated
+tokens and is recomputed with it. SDAR's rules are commit counts (fast_sample.parallel_rule): static is the
+fixed schedule, dynamic the threshold with the schedule's count as its floor, entropy-bounded the surest
+positions while their entropies sum below eb_threshold. Fast-dLLM v2 shifts its logits: a block's first
+token is the output at the last position of the block before it, which only the block's first step computes
+(the step that caches that block, clean): that step commits it alone (sample.lead_first), the later steps
+read shifted outputs inside the block. It decodes a block in sub-blocks left to right (sub_block), and with
+fast its block cache: once a sub-block's first position is decoded, the sub-block runs alone against the
+keys/values of the last whole-block step.
 
     python train.py config/shakespeare_bd3.py      # then: python sample.py --out_dir=out-shakespeare-bd3
 """
@@ -121,14 +130,14 @@ def by_offset(model, prompt, pad, **kw):
 def generate(model, prompt, *, steps, gen_length, temperature=0.0, remasking="low_confidence", bd3_cache=True,
              threshold=0.9, eb_threshold=0.0, sub_block=0, fast=False, eos_id=-1, pad=None, generator=None,
              on_step=None):
-    """Block-by-block sampling after prompt (B, P), left-padded by pad (B,) counts. Each block takes its share
-    of the steps (steps x its positions / gen_length, at least one) on LLaDA's schedule; threshold > 0: every position that sure, at least the schedule's
-    count (SDAR's dynamic rule; with one step per token, Fast-dLLM's); eb_threshold > 0: SDAR's entropy bound
-    (remasking="entropy"). sub_block > 0: the block is decoded in sub-blocks of that many positions, left to
-    right (Fast-dLLM v2); fast: a sub-block whose first position is decoded runs alone against the block's
-    keys/values of the last whole-block step (Fast-dLLM v2's block cache: approximate, like a dual cache).
-    bd3_cache: the exact block K/V cache (False: every step runs the whole canvas up to its block; the same
-    tokens). Returns (canvas (B, P + gen_length), NFE per row)."""
+    """Block-by-block sampling after prompt (B, P), left-padded by pad (B,) counts. Each block takes its
+    share of the steps (steps x its positions / gen_length, at least one) on LLaDA's schedule; threshold > 0:
+    every position that sure, and at least the schedule's count (SDAR's dynamic rule; at one step a token,
+    Fast-dLLM's); eb_threshold > 0: SDAR's entropy bound (remasking="entropy"). sub_block > 0: the block is
+    decoded in sub-blocks of that many positions, left to right (Fast-dLLM v2); fast: a sub-block whose first
+    position is decoded runs alone against the block's keys/values of the last whole-block step (Fast-dLLM v2's
+    block cache: approximate, like a dual cache). bd3_cache: the exact block K/V cache (False: every step runs
+    the whole canvas up to its block; the same tokens). Returns (canvas (B, P + gen_length), NFE per row)."""
     cfg = model.config
     b, m, sb = cfg.bd3_block, cfg.mask_id, sub_block or cfg.bd3_block
     if cfg.bd3_from_start and pad is not None and len(set((pad % b).tolist())) > 1:
@@ -145,7 +154,7 @@ def generate(model, prompt, *, steps, gen_length, temperature=0.0, remasking="lo
     fwd, nfe, done, kv = padded_forward(model, pad, T), 0, 0, None  # done: [0, done) is cached from clean tokens
     for bs in range(P - (P - o) % b, T, b):  # the block holding the prompt's end, then the next ones
         s, e = max(bs, P), min(bs + b, T)  # generated: [s, e); [bs, s) is the prompt's tail
-        n_steps = max(1, steps * (e - s) // gen_length)  # the block's share of the steps (steps = gen_length: one a token)
+        n_steps = max(1, steps * (e - s) // gen_length)  # its share (steps = gen_length: one a token)
         lead = cfg.shift and s == bs  # a shifted model: only the first step's forward sees the output before s
         n_commit = num_transfer_tokens((x[:, s:e] == m)[:, lead:], max(n_steps - lead, 1))  # (B, steps)
         whole = torch.zeros(B, dtype=torch.bool, device=x.device)  # a whole-block step ran since the block began

@@ -26,9 +26,9 @@ data/gsm8k): every record of a split is answered by the checkpoint's family with
     python eval.py --mode=accuracy --ckpts=out-sudoku,out-sudoku-ar
     python eval.py --mode=accuracy --ckpts=out-automaton --gen_length=256 --block_length=32 --fast --threshold=0.9
 
-A pretrained LLaDA (--init_from, a Hugging Face folder or hub id) answers a task prepared with another
-tokenizer: its records are decoded and encoded again in the model's tokens (tokenizer.recode), with
---fewshot examples (lm-eval's format) and --chat if asked:
+A pretrained model (--init_from, a Hugging Face folder or hub id: LLaDA, Dream, SDAR, Fast-dLLM v2)
+answers a task prepared with another tokenizer: its records are decoded and encoded again in the model's
+tokens (tokenizer.recode), with --fewshot examples (lm-eval's format) and --chat if asked:
 
     python eval.py --mode=accuracy --init_from=GSAI-ML/LLaDA-8B-Instruct --dataset=gsm8k --fewshot=5 --fast
 """
@@ -236,7 +236,7 @@ gen_length = 112                # generated tokens per sample (accuracy: 0, the 
 split = "test"
 max_records = 0                 # score the first this many records (0: all)
 batch_size = 64
-init_from = ""                  # accuracy: a LLaDA checkpoint in the Hugging Face layout (folder or hub id), not --ckpts
+init_from = ""                  # accuracy: a Hugging Face checkpoint (pretrained.py), folder or hub id, not --ckpts
 dataset = ""                    # accuracy: the task answered (default: each checkpoint's own; needed with --init_from)
 fewshot = 0                     # accuracy: the first k train records before each prompt as worked examples (lm-eval)
 chat = False                    # accuracy, --init_from: each prompt wrapped in the checkpoint's chat template

@@ -16,15 +16,18 @@ masked spans anywhere (infilling). Given text is never changed. Top to bottom:
   model predicts all masked positions, a token is drawn at each (Gumbel-max at temperature T, in
   float64), and only the k most confident predictions of the current block are committed
   ("low-confidence remasking"); k follows the linear schedule (the block's masks split evenly over its
-  steps, the remainder first). Classifier-free guidance: logits u + (s + 1)(c - u), u from the canvas
-  with the prompt masked.
+  steps, the remainder first), or Dream's time grid (transfer="timegrid"). Classifier-free guidance:
+  logits u + (s + 1)(c - u), u from the canvas with the prompt masked. Dream's own sampler is this one
+  with one block, the time grid and remasking low_confidence / margin / entropy (its maskgit_plus /
+  topk_margin / entropy), alg_temp its drawn order.
 - generate_ancestral (MDLM, Sahoo et al. 2024): from t to s < t, each masked token is revealed with the
   true reverse posterior's probability (alpha_s - alpha_t) / (1 - alpha_t), alpha_t = 1 - t, and drawn
   from the model; a step that reveals nothing does not call the model again (it has no time input).
   ReMDM (Wang et al. 2025, eta > 0): each decoded token is also re-masked with probability
   sigma_t = min(eta, (1 - alpha_s) / alpha_t), so the model can revise it: self-correction.
 - the commit step (commit): candidates, their confidences, the most confident committed;
-- the plan (block_plan) and the model as a function of the canvas (padded_forward), the EOS stop;
+- the plan (block_plan) and the model as a function of the canvas (padded_forward: where a shifted model's
+  outputs, Dream's, are realigned so that every sampler reads position j's prediction at j), the EOS stop;
 - the sampling options, declared once (SAMPLE_OPTIONS, read by eval.py and bench.py too), and the command line.
 
 fast_sample.py is Fast-dLLM's version of generate (a K/V cache and parallel commits), built from the
@@ -143,25 +146,20 @@ TIMEGRID_EPS = 1e-3  # Dream's generation_config eps: its time grid ends at t = 
 
 
 def step_count(n_commit, masked, i, transfer):
-    """Step i's commit counts (B,) of a window whose masks are now masked (B, W): "linear", LLaDA's schedule
-    n_commit (B, steps) fixed when the window starts (num_transfer_tokens); "timegrid", Dream's: on the grid
-    t = linspace(1, eps, steps + 1), floor(masks left x (1 - t_{i+1} / t_i)) (float32, as Dream computes it), all
-    that are left at the last step. (Dream averages the masks over the batch; here each row counts its own.)"""
-    steps = n_commit.size(1)
-    if transfer == "linear":
-        return n_commit[:, i]
+    """Step i's commit counts (B,), masked (B, W) the window's masks now: "linear", LLaDA's n_commit (B, steps)
+    (num_transfer_tokens); "timegrid", Dream's: floor(masks left x (1 - t_{i+1} / t_i)) on t = linspace(1, eps,
+    steps + 1) in float32, all at the last step (Dream averages the masks over the batch; here each row its own)."""
     left = masked.sum(1)
-    if i == steps - 1:
-        return left
-    t = torch.linspace(1, TIMEGRID_EPS, steps + 1)
+    if transfer == "linear" or i == n_commit.size(1) - 1:
+        return n_commit[:, i] if transfer == "linear" else left
+    t = torch.linspace(1, TIMEGRID_EPS, n_commit.size(1) + 1)
     return (left.float() * (1 - t[i + 1] / t[i]).to(left.device)).long()
 
 
 def lead_first(masked):
-    """The positions a shifted model's (config.shift) first step under a cache may commit: the window's first
-    alone. Its prediction is the output of the position before the window, which only that step's forward
-    computes (the whole canvas, or the block before it with this one); the later cached calls run the window
-    alone, so they need it decoded (Fast-dLLM's Dream code commits x[:, s] after the refresh; Fast-dLLM v2
+    """Where a shifted model's (config.shift) first step under a cache may commit: the window's first position
+    alone. It is predicted by the output before the window, which only that step's forward computes; the later
+    cached calls run the window alone (Fast-dLLM's Dream code commits x[:, s] after the refresh, Fast-dLLM v2
     the next block's first token from the forward that caches the last). masked (b, W) bool -> (b, W) bool."""
     out = torch.zeros_like(masked)
     out[:, 0] = masked[:, 0]
@@ -422,7 +420,7 @@ class LiveView:
 
 # -----------------------------------------------------------------------------
 out_dir = "out-shakespeare-char"
-init_from = ""          # instead of out_dir: a LLaDA checkpoint in the Hugging Face layout, a folder or a hub id
+init_from = ""          # instead of out_dir: a checkpoint in the Hugging Face layout (pretrained.py), a folder or a hub id
 chat = False            # wrap the prompt in the checkpoint's chat template (Instruct models)
 prompt = "\n"           # text ([MASK] / [MASK*n] for spans to infill), or FILE:path
 num_samples = 3

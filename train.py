@@ -37,7 +37,7 @@ from tokenizer import dataset_dir, load_data
 # I/O
 out_dir = "out-shakespeare-char"
 init_from = "scratch"   # 'scratch', 'resume' (from out_dir/ckpt.pt), or a checkpoint to fine-tune (SFT) from:
-                        # an out_dir, or a LLaDA folder in the Hugging Face layout (config.json, *.safetensors)
+                        # an out_dir, or a pretrained folder in the Hugging Face layout (config.json, *.safetensors)
 eval_interval = 250     # evaluate (and checkpoint) every this many steps, and at the end
 eval_iters = 20         # val batches per evaluation: the same windows and masks every time
 log_interval = 0        # >0: also print the training loss every this many steps
