@@ -277,6 +277,23 @@ def test_the_rules_between_options():
             sampling(MDLM, values, 18 if "steps" not in values else 12)
     with pytest.raises(ValueError, match="--top_k does not apply"):
         sampling(MDLM, dict(top_k=3), 16, given=("top_k",))
+    from bd3 import BD3
+    assert sampling(BD3, dict(fast=True, sub_block=8), 16)["fast"]  # bd3's --fast: Fast-dLLM v2's sub-block cache
+    with pytest.raises(ValueError, match="needs --remasking=entropy"):
+        sampling(BD3, dict(eb_threshold=0.3), 16)
+    assert sampling(BD3, dict(eb_threshold=0.3, remasking="entropy"), 16)["eb_threshold"] == 0.3
+
+
+def test_timegrid_counts_are_dreams():
+    """Dream's count at step i: floor(masks left x (1 - t_{i+1} / t_i)) on t = linspace(1, 1e-3, steps + 1),
+    every mask left at the last step: 16 masks over 4 steps (t = 1, .75025, .5005, .25075, .001) commit
+    floor(3.996) = 3, floor(13 x .3329) = 4, floor(9 x .4990) = 4, then the 5 left."""
+    from sample import step_count
+    n_commit, left, got = torch.zeros(1, 4, dtype=torch.long), 16, []
+    for i in range(4):
+        got.append(int(step_count(n_commit, torch.ones(1, left, dtype=torch.bool), i, "timegrid")[0]))
+        left -= got[-1]
+    assert got == [3, 4, 4, 5]
 
 
 @pytest.mark.slow
