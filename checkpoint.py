@@ -15,13 +15,17 @@ A resume continues the run as it was configured (resumed_options) with the model
 (pretrained.py), converted to this family's flags (fam.converts) and grown to the dataset's vocabulary.
 """
 
+import copy
 import os
 from dataclasses import asdict
 
 import torch
 
-from configurator import cast, command_line_keys
+import lora
+import shard
+from configurator import cast, check_memory, command_line_keys
 from model import GPT, GPTConfig
+from pretrained import from_pretrained
 from tokenizer import fitting, recode, same_tokens, write_files
 
 SHAPE = ("n_layer", "n_head", "n_embd", "dropout")  # what a resumed or fine-tuned model keeps
@@ -36,11 +40,23 @@ def load(path, device="cpu", hint="train one first: python train.py config/shake
         raise ValueError(f"checkpoint {path} not found ({hint})")
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
-        model = GPT(GPTConfig(**ckpt["model_args"]))
-        sd = ckpt["ema"] if ema and "ema" in ckpt else ckpt["model"]
-        # checkpoints written before model.py named its transformer layers `layers` call them `blocks`
-        model.load_state_dict({"layers." + k[7:] if k.startswith("blocks.") else k: v for k, v in sd.items()})
-        meta, config = ckpt["meta"], ckpt["config"]  # what sample.py, eval.py and train.py read
+        config = ckpt["config"]
+        if config.get("lora_r"):  # adapters over their base (a pretrained folder or an out_dir), loaded first
+            base = ckpt.get("lora_base") or config["init_from"]
+            model = (from_pretrained(base, device)[0] if os.path.isfile(os.path.join(base, "config.json"))
+                     else load(base, device)[0])
+            lora.apply(model, config["lora_targets"], config["lora_r"], config["lora_alpha"], config["lora_dropout"])
+            if set(ckpt["model"]) != set(lora.adapters(model)):
+                raise ValueError(f"its adapters do not fit the layers of its base {base}")
+            model.load_state_dict(ckpt["model"], strict=False)
+            if ema:  # to sample or evaluate: folded into the base weights (a resume trains them apart)
+                lora.merge(model)
+        else:
+            model = GPT(GPTConfig(**ckpt["model_args"]))
+            sd = ckpt["ema"] if ema and "ema" in ckpt else ckpt["model"]
+            # checkpoints written before model.py named its transformer layers `layers` call them `blocks`
+            model.load_state_dict({"layers." + k[7:] if k.startswith("blocks.") else k: v for k, v in sd.items()})
+        meta = ckpt["meta"]  # what sample.py, eval.py and train.py read
         assert isinstance(config, dict) and meta["mask_id"] == model.config.mask_id and \
             meta["vocab_size"] == model.config.vocab_size and meta["tokenizer"], "inconsistent meta"
     except Exception as e:
@@ -49,12 +65,17 @@ def load(path, device="cpu", hint="train one first: python train.py config/shake
     return model.to(device), ckpt
 
 
-def save(out_dir, model, optimizer, config, meta, ema=None, saved=(), **state):
-    """Write out_dir/ckpt.pt, all or nothing: the raw weights, their config, the optimizer, the EMA weights
-    (ema: a module or None), the family's modules (saved: {name: module}) and state (iter_num, best_val,
-    tokens, train_time). ValueError, in one line, when it cannot be written (the old file stays whole)."""
-    ckpt = dict(model=model.state_dict(), optimizer=optimizer.state_dict(), model_args=asdict(model.config),
-                config=config, meta=meta, **state, **{k: m.state_dict() for k, m in dict(saved).items()})
+def save(out_dir, model, optimizer, config, meta, ema=None, saved=(), weights=None, **state):
+    """Write out_dir/ckpt.pt, all or nothing: the raw weights (weights: a state dict, else the model's; a LoRA
+    run's: its adapters alone, over config['init_from']), their config, the optimizer (None: an export, not
+    resumable), the EMA weights (ema: a module or None), the family's modules (saved: {name: module}) and
+    state (iter_num, best_val, tokens, train_time). ValueError, in one line, when it cannot be written (the
+    old file stays whole)."""
+    sd = weights if weights is not None else lora.adapters(model) if config.get("lora_r") else model.state_dict()
+    ckpt = dict(model=sd, model_args=asdict(model.config), config=config, meta=meta, **state,
+                **{k: m.state_dict() for k, m in dict(saved).items()})
+    if optimizer is not None:
+        ckpt["optimizer"] = optimizer.state_dict()
     if ema is not None:  # sample.py and eval.py use these weights (load)
         ckpt["ema"] = ema.state_dict()
     try:
@@ -63,6 +84,20 @@ def save(out_dir, model, optimizer, config, meta, ema=None, saved=(), **state):
         msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
         raise ValueError(f"could not write {os.path.join(out_dir, 'ckpt.pt')} (is the disk full? "
                          f"{type(e).__name__}: {msg})")
+
+
+def keep(out_dir, model, optimizer, config, meta, ema=None, saved=(), sharded=False, export=False, **state):
+    """The run's checkpoint: ckpt.pt (save), or under FSDP every process's shards (shard.save); export (FSDP,
+    every process calls it): the gathered weights into the single-file ckpt.pt that sample.py reads (weights
+    only: a resume reads the shards). ValueError, in one line, when it cannot be written."""
+    if not sharded:
+        return save(out_dir, model, optimizer, config, meta, ema, saved, **state)
+    if not export:
+        return shard.save(out_dir, model, optimizer, dict(state, model_args=asdict(model.config), config=config,
+                                                          meta=meta))
+    sd = shard.full_state(model)
+    if sd:  # the master's
+        save(out_dir, model, None, config, meta, weights=lora.adapters(sd) if config["lora_r"] else sd, **state)
 
 
 def resumed_options(path, defaults, keep):
@@ -147,18 +182,73 @@ def restore(ckpt, path, optimizer, ema, saved):
                          f"{str(e).splitlines()[0] if str(e) else ''})")
 
 
-def in_own_tokens(pre, pairs, meta, config):
-    """(pairs, meta) of an SFT run that fine-tunes a pretrained model (pre: families.pretrained's (model, ckpt,
-    family), with a tokenizer of its own): the records' text encoded again in its tokens (tokenizer.recode),
-    those whose prompt fits --block_size, and its vocabulary. In place: the model in float32 (autocast computes
-    in bf16), and config takes its shape unless the command line gives one (start refuses that)."""
-    if pre[0].config.shift:
+def in_own_tokens(own, pairs, meta, config, model=None):
+    """(pairs, meta) of an SFT run whose model has a tokenizer of its own (own: its meta; a fine-tune of a
+    pretrained model, or the resume of one): the records' text encoded again in its tokens (tokenizer.recode),
+    those whose prompt fits --block_size, and its vocabulary. In place, for a fine-tune (model: the pretrained
+    one): the model in float32 (autocast computes in bf16; with LoRA as stored), and config takes its shape
+    unless the command line gives one (start refuses that)."""
+    if model is not None and model.config.shift:
         raise ValueError(f"{config['init_from']}: its outputs are shifted (position i predicts token i + 1: Dream, "
                          f"Fast-dLLM v2), which the samplers realign but train.py's losses do not: sample or evaluate it")
     T = config["block_size"]
-    pairs = fitting({s: [r for r in recode(rs, meta, pre[1]["meta"])[0] if len(r[0]) < T] for s, rs in pairs.items()},
-                    config["dataset"], T)
-    pre[0].float()
-    config.update({k: getattr(pre[0].config, k) for k in ("n_layer", "n_head", "n_embd", "bd3_block")
-                   if k not in command_line_keys() and k in config})
-    return pairs, dict(pre[1]["meta"], task=meta.get("task"))
+    if config.get("dry_run") and model is not None:  # the memory plan alone: no tokenizer read, no records encoded
+        pairs = {}
+    else:
+        pairs = fitting({s: [r for r in recode(rs, meta, own)[0] if len(r[0]) < T] for s, rs in pairs.items()},
+                        config["dataset"], T)
+    if model is not None:
+        if not config.get("lora_r"):  # LoRA keeps the frozen base as stored (bf16: 2 bytes a weight)
+            model.float()
+        config.update({k: getattr(model.config, k) for k in ("n_layer", "n_head", "n_embd", "bd3_block")
+                       if k not in command_line_keys() and getattr(model.config, k)})  # (bd3_block: block diffusion's)
+    return pairs, dict(own, task=meta.get("task"))
+
+
+def saved_meta(path):
+    """The meta (vocabulary) of a ckpt.pt, or {} when there is none to read (mmap: not the weights)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)["meta"]
+    except Exception:
+        return {}
+
+
+def setup(config, fam, meta, device, pre, world, master, sharded_step=None):
+    """What train.py trains: (model, optimizer, the family's training side, the EMA model or None, the run's
+    state {iter_num, best_val, train_time, tokens, lora_base}). The model is start()'s (an FSDP resume builds
+    it from the options, then reads its shards), LoRA's adapters over it (lora_r > 0), activation checkpointing,
+    FSDP's shards; what a step will hold per process is printed (shard.plan) and checked against the memory
+    there is (--dry_run stops after printing it); on a resume the optimizer, EMA and family state are read
+    back. ValueError, in one line, for a checkpoint that does not fit the options."""
+    o, resume = config, config["init_from"] == "resume"
+    ckpt_path = os.path.join(o["out_dir"], "ckpt.pt")
+    model, ckpt = start("scratch" if sharded_step and resume else o["init_from"], fam, config, meta, device,
+                        ckpt_path=ckpt_path, pre=pre and pre[:2])
+    state = dict(iter_num=0, best_val=float("inf"), train_time=0.0, tokens=0,
+                 lora_base=ckpt.get("lora_base") if resume and ckpt else o["init_from"])  # the base LoRA adapts
+    down = model.layers[0].mlp.down
+    hidden = getattr(down, "base", down).in_features  # the SwiGLU width (LoRA's wrapper holds the base)
+    if o["lora_r"] and not (resume and ckpt):  # a resumed single-file LoRA checkpoint brings its adapters (load)
+        lora.apply(model, o["lora_targets"], o["lora_r"], o["lora_alpha"], o["lora_dropout"])
+    model.act_ckpt = o["act_ckpt"]
+    plan, line = shard.plan_for(model, config, world, hidden)
+    if master:
+        print(line)
+    if o["dry_run"]:
+        raise SystemExit(0)
+    cuda = str(device).startswith("cuda")
+    check_memory(sum(plan.values()) - plan["weights"], "a training step (the memory plan above)", device)
+    if o["fsdp"]:
+        shard.wrap(model, bf16=o["dtype"] == "bfloat16" and cuda)
+    optimizer = model.configure_optimizers(o["weight_decay"], o["learning_rate"], (o["beta1"], o["beta2"]),
+                                           "cuda" if cuda else "cpu")
+    obj = fam(config, meta, model)  # the family's training side: noise, loss, val loss, saved modules
+    ema = copy.deepcopy(model).float().requires_grad_(False) if o["ema_decay"] else None  # float32, averaged
+    if sharded_step and resume:
+        state.update({k: v for k, v in shard.load(o["out_dir"], model, optimizer).items() if k in state})
+    elif resume:
+        state.update(zip(("iter_num", "best_val", "train_time", "tokens"),
+                         restore(ckpt, ckpt_path, optimizer, ema, obj.saved)))
+        if o["ema_decay"] and "ema" not in ckpt and master:  # a run that starts averaging now, from its weights
+            print(f"--ema_decay={o['ema_decay']}: {ckpt_path} has no EMA weights; the average starts from its weights")
+    return model, optimizer, obj, ema, state

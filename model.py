@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+import torch.utils.checkpoint
 from torch.nn import functional as F
 
 
@@ -181,6 +182,8 @@ class Layer(nn.Module):
 
 
 class GPT(nn.Module):
+    act_ckpt = False  # True: training keeps only each layer's input and recomputes the layer in backward
+
     def __init__(self, cfg):
         super().__init__()
         self.config = cfg
@@ -258,8 +261,11 @@ class GPT(nn.Module):
         temb = self.time_mlp(sigma_embedding(sigma)) if self.config.time_cond else None  # (B, TIME_DIM)
         new_kv = []
         for i, layer in enumerate(self.layers):
-            x, fresh = layer(x, cos, sin, start, kv=None if kv is None else kv[i], key_mask=key_mask, temb=temb,
-                             attn_mask=attn_mask)
+            args = (x, cos, sin, start, None if kv is None else kv[i], key_mask, temb, attn_mask)
+            if self.act_ckpt and self.training and torch.is_grad_enabled():  # the layer recomputed in backward
+                x, fresh = torch.utils.checkpoint.checkpoint(layer, *args, use_reentrant=False)
+            else:
+                x, fresh = layer(*args)
             new_kv.append(fresh)
         logits = self.lm_head(self.norm_f(x)).float()
         if self.config.mask_id >= 0:

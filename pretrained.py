@@ -191,6 +191,11 @@ def from_pretrained(path, device="cpu"):
     a missing or corrupt file, a missing package or another architecture."""
     folder = pretrained_dir(path)
     cfg, fam, names, eos = read_config(folder)
+    if str(device) == "meta":  # its shape alone (train.py --dry_run), in its stored dtype: no weights read
+        with torch.device("meta"):
+            model = GPT(cfg).to(getattr(torch, str(read_json(os.path.join(folder, "config.json"), "").get(
+                "torch_dtype", "float32")), torch.float32))
+        return model.eval(), folder, fam, eos
     st = need("safetensors", "loading *.safetensors weights")
     index = os.path.join(folder, "model.safetensors.index.json")
     if os.path.isfile(index):

@@ -14,7 +14,6 @@ a batch. Top to bottom: the options, their rules (check_options), the set-up (pr
 checkpoint.py resumes and fine-tunes), the loop.
 """
 
-import copy
 import math
 import os
 import time
@@ -27,6 +26,8 @@ from torch.distributed import barrier, init_process_group, destroy_process_group
 from tqdm import tqdm
 
 import checkpoint
+import lora
+import shard
 from configurator import (NON_NEGATIVE, PATH, POSITIVE, SEED, UNIT_OPEN, check, check_device, check_memory,
                           check_writable, command_line_keys, configure, fail, one_of, own, rule)
 from families import FAMILIES, options, pretrained
@@ -73,9 +74,11 @@ device = "cuda" if torch.cuda.is_available() else "cpu"
 dtype = "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float32"
 compile = False         # torch.compile the model
 seed = 1337
-# the families' own options (--schedule, --masking, --train_loss, --t_eps, --bd3_block, ...): their files declare
-# defaults, rules and meanings (families.options(); python train.py --help lists them all)
-globals().update({k: default for k, (default, _, _) in options().items()})
+# the families' own options (--schedule, --masking, --train_loss, --t_eps, --bd3_block, ...) and those past one
+# device's memory (--fsdp, --act_ckpt, --dry_run; --lora_r, ...): their files declare defaults, rules and
+# meanings (families.options(), shard.OPTIONS, lora.OPTIONS; python train.py --help lists them all)
+OPTIONS = {**options(), **shard.OPTIONS, **lora.OPTIONS}
+globals().update({k: default for k, (default, _, _) in OPTIONS.items()})
 # -----------------------------------------------------------------------------
 config_keys = [k for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str))]
 defaults = {k: globals()[k] for k in config_keys}
@@ -92,7 +95,7 @@ def check_options():
         weight_decay=NON_NEGATIVE, beta1=UNIT_OPEN, beta2=UNIT_OPEN, grad_clip=NON_NEGATIVE, warmup_iters=NON_NEGATIVE,
         lr_decay_iters=NON_NEGATIVE, dtype=one_of("float32", "bfloat16"), seed=SEED, ema_decay=UNIT_OPEN,
         min_lr=rule(lambda v: 0 <= v <= learning_rate, f"in [0, learning_rate={learning_rate}]"),
-        **{k: r for k, (_, r, _) in options().items() if r}))
+        **{k: r for k, (_, r, _) in OPTIONS.items() if r}))
     fam = FAMILIES[objective]  # the family: the one lookup; from here on only its names (families.py)
     # an option of another family is a mistake on the command line; in a config file it is the task's recipe
     # for that family, which the same file serves for the baselines (config/sudoku.py --objective=ar)
@@ -104,6 +107,10 @@ def check_options():
     if init_from not in ("scratch", "resume") and not os.path.exists(init_from):
         fail(f"--init_from={init_from!r} must be 'scratch', 'resume' or a checkpoint to fine-tune from (not found)")
     check_device(device)
+    if fsdp and ("RANK" not in os.environ or ema_decay):
+        fail("--fsdp=True shards over torchrun's processes (torchrun --nproc_per_node=N train.py ...), without --ema_decay")
+    if lora_r and (init_from == "scratch" or ema_decay):
+        fail("--lora_r adapts a trained model: give --init_from=<an out_dir or a pretrained folder>, without --ema_decay")
     if gradient_accumulation_steps > world and gradient_accumulation_steps % world:
         fail(f"--gradient_accumulation_steps={gradient_accumulation_steps} must be a multiple of the {world} "
              f"processes (or at most {world}: one micro-step each)")
@@ -112,9 +119,10 @@ def check_options():
 
 
 given = set()  # the options a config file or the command line set
-globals().update(configure(defaults, given=given, notes={k: what for k, (_, _, what) in options().items()}))
+globals().update(configure(defaults, given=given, notes={k: what for k, (_, _, what) in OPTIONS.items()}))
 check(globals(), dict(out_dir=PATH, dataset=PATH, init_from=PATH))
 ckpt_path = os.path.join(out_dir, "ckpt.pt")
+sharded_step = shard.latest(out_dir) if init_from == "resume" or eval_only else None  # an FSDP run resumes from its shards
 if eval_only and init_from == "scratch":  # evaluate the model out_dir holds, never fresh random weights
     if not os.path.exists(ckpt_path):
         fail(f"--eval_only evaluates a trained model, and {ckpt_path} does not exist (or give --init_from=<ckpt>)")
@@ -122,8 +130,10 @@ if eval_only and init_from == "scratch":  # evaluate the model out_dir holds, ne
 resume = init_from == "resume"
 if resume:  # a resumed run goes on as it was configured: every option no config file or --key sets is the
     try:    # checkpoint's (its EMA, its recipe), except those of this machine and this command
-        globals().update(checkpoint.resumed_options(ckpt_path, defaults, given | {
-            "out_dir", "init_from", "eval_only", "overwrite", "device", "dtype", "compile", "log_interval"}))
+        globals().update(checkpoint.resumed_options(  # the model's shape too, unless the command line gives it
+            os.path.join(sharded_step, "state.pt") if sharded_step else ckpt_path, defaults,
+            given - set(checkpoint.SHAPE) | command_line_keys() & given | {
+                "out_dir", "init_from", "eval_only", "overwrite", "device", "dtype", "compile", "log_interval"}))
     except ValueError as e:
         fail(e)
 config = {k: globals()[k] for k in config_keys}
@@ -160,8 +170,10 @@ try:
         if pairs is None:
             fail(f"--init_from={init_from} has a tokenizer of its own: it fine-tunes on SFT records, not "
                  f"{dataset}'s stream")
-        pre = pretrained(init_from, device)  # (model, ckpt, family)
-        pairs, meta = checkpoint.in_own_tokens(pre, pairs, meta, config)  # and config takes the model's shape
+        pre = pretrained(init_from, "meta" if dry_run else device)  # (model, ckpt, family); --dry_run: its shape
+        pairs, meta = checkpoint.in_own_tokens(pre[1]["meta"], pairs, meta, config, pre[0])  # config: its shape
+    elif resume and pairs is not None and (own := checkpoint.saved_meta(ckpt_path)).get("tokenizer") == "hf":
+        pairs, meta = checkpoint.in_own_tokens(own, pairs, meta, config)  # the resume of such a fine-tune
         globals().update({k: config[k] for k in ("n_layer", "n_head", "n_embd")})
 except ValueError as e:
     fail(e)
@@ -209,29 +221,21 @@ def get_lr(it):
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (learning_rate - min_lr)
 
 
-# the model: what a step will hold is estimated first, a lower bound against the memory there is (a typo in
-# a size stops here); then fresh weights or a checkpoint's (checkpoint.start: resume, fine-tune, conversion)
-# and, on a resume, the optimizer, the EMA weights and the family's modules as they were saved
+# the model (checkpoint.setup: fresh weights or a checkpoint's, LoRA, FSDP's shards, the memory plan, the
+# optimizer, the EMA weights; on a resume their state as it was saved)
 V = meta["vocab_size"]
 check_memory(G * (block_size + 1) * 8 * 3, f"a step's batch ({G} rows of --block_size={block_size})")
-check_memory((12 * n_layer * n_embd**2 + V * n_embd) * (16 + 4 * (ema_decay > 0)) + batch_size * block_size * V * 8,
-             f"the model and its logits (--n_layer={n_layer}, --n_embd={n_embd}, --batch_size={batch_size}, "
-             f"--block_size={block_size})", device)
 try:
-    model, ckpt = checkpoint.start(init_from, fam, config, meta, device, ckpt_path=ckpt_path, pre=pre and pre[:2])
-    optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
-    obj = fam(config, meta, model)  # the family's training side: noise, loss, val loss, saved modules
-    ema_model = copy.deepcopy(model).float().requires_grad_(False) if ema_decay else None  # float32, averaged
-    iter_num, best_val, prev_time, tokens = (checkpoint.restore(ckpt, ckpt_path, optimizer, ema_model, obj.saved)
-                                             if resume else (0, float("inf"), 0.0, 0))
+    model, optimizer, obj, ema_model, run_state = checkpoint.setup(config, fam, meta, device, pre, world, master,
+                                                                   sharded_step)
 except ValueError as e:
     fail(e)
-if resume and ema_decay and "ema" not in ckpt and master:  # a run that starts averaging now: from the weights it has
-    print(f"--ema_decay={ema_decay}: {ckpt_path} has no EMA weights; the average starts from its weights")
-raw_model, ckpt = model, None
+iter_num, best_val, prev_time, tokens, lora_base = (run_state[k] for k in ("iter_num", "best_val", "train_time",
+                                                                           "tokens", "lora_base"))
+raw_model = model
 if compile:
     model = torch.compile(model)
-if ddp:
+if ddp and not fsdp:
     model = DDP(model, device_ids=[torch.cuda.current_device()] if device_type == "cuda" else None)
 if master:
     print(f"{objective}: {raw_model.num_params() / 1e6:.2f}M parameters | {dataset}, vocab {V} | {G} x "
@@ -269,10 +273,11 @@ while True:
     lr = get_lr(iter_num) if decay_lr else learning_rate
     for group in optimizer.param_groups:
         group["lr"] = lr
-    if master and (iter_num % eval_interval == 0 or iter_num >= max_iters or eval_only):
+    if (master or fsdp) and (iter_num % eval_interval == 0 or iter_num >= max_iters or eval_only):  # FSDP: all gather
         final_val = estimate_val(ema_model if ema_decay else raw_model)  # the EMA is the model that is kept
         raw_note = f" (EMA weights; the raw weights: {estimate_val(raw_model):.4f})" if ema_decay else ""
-        tqdm.write(f"step {iter_num}: {fmt_val(final_val)}{raw_note}")
+        if master:
+            tqdm.write(f"step {iter_num}: {fmt_val(final_val)}{raw_note}")
         if eval_only:
             break
         if not math.isfinite(final_val):  # never checkpoint a broken model
@@ -280,9 +285,9 @@ while True:
         if final_val < best_val or always_save_checkpoint:
             best_val = min(best_val, final_val)
             if iter_num > start_iter or iter_num >= max_iters:
-                try:  # all or nothing: a full disk or Ctrl-C leaves the last checkpoint whole
-                    checkpoint.save(out_dir, raw_model, optimizer, config, meta, ema_model, obj.saved,
-                                    iter_num=iter_num, best_val=best_val, tokens=tokens,
+                try:  # all or nothing: a full disk or Ctrl-C leaves the last checkpoint whole (FSDP: its shards)
+                    checkpoint.keep(out_dir, raw_model, optimizer, config, meta, ema_model, obj.saved, sharded=fsdp,
+                                    iter_num=iter_num, best_val=best_val, tokens=tokens, lora_base=lora_base,
                                     train_time=prev_time + time.time() - t0)
                 except ValueError as e:
                     stop(e)
@@ -294,14 +299,17 @@ while True:
     batch = get_batch("train", iter_num, G)
     for micro in range(accum):
         rows = slice((rank * accum + micro) * batch_size, (rank * accum + micro + 1) * batch_size)
-        if ddp:  # all-reduce the gradients on the last micro-step only
+        if fsdp:  # reduce-scatter the gradients on the last micro-step only
+            model.set_requires_gradient_sync(micro == accum - 1)
+        elif ddp:  # all-reduce them on the last micro-step only
             model.require_backward_grad_sync = micro == accum - 1
         with ctx:
             loss = obj.loss(model, [b[rows].to(device, non_blocking=True) for b in batch]) / accum
         loss.backward()
     # the gradient norm (clipped when grad_clip > 0) is the same on every process after the all-reduce:
     # a diverged step stops them all before it can reach the weights
-    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip or math.inf)
+    norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], grad_clip or math.inf)
+    norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP: the norm over all shards
     if not torch.isfinite(norm):
         stop(f"step {iter_num}: the gradient norm is {norm.item()}: the run diverged", RETRY)
     optimizer.step()
@@ -327,6 +335,9 @@ if master:
     tok_s = (tokens - start_tokens) / wall
     print(f"done: {fmt_val(final_val)} (best {best_val:.4f}) | {iter_num} iters | {tokens / 1e6:.1f}M tokens seen | "
           f"{wall / 60:.1f} min | {tok_s:,.0f} tok/s{mfu_note(tok_s)}")
+if fsdp and saved_iter is not None and not eval_only:  # the single-file ckpt.pt that sample.py reads
+    checkpoint.keep(out_dir, raw_model, None, config, meta, sharded=True, export=True, iter_num=iter_num,
+                    best_val=best_val, tokens=tokens, lora_base=lora_base, train_time=prev_time + time.time() - t0)
 if ddp:
     barrier()  # wait for the master's last evaluation and checkpoint: a rank that leaves early aborts gloo
     destroy_process_group()

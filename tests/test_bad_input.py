@@ -34,6 +34,10 @@ pytestmark = pytest.mark.slow
 T = ["--dataset={data}", *TINY_TRAIN]
 TABLE = [
     ("train.py", [*T, "--out_dir={tmp}/a", "--batch_size=0"], "--batch_size=0"),
+    ("train.py", [*T, "--out_dir={tmp}/a", "--fsdp=True"], "torchrun"),
+    ("train.py", [*T, "--out_dir={tmp}/a", "--lora_r=4"], "--lora_r adapts a trained model"),
+    ("train.py", [*T, "--out_dir={tmp}/a", "--lora_r=4", "--init_from={ckpt}", "--lora_targets=wq"], "--lora_targets"),
+    ("train.py", [*T, "--out_dir={tmp}/a", "--lora_r=-1"], "--lora_r=-1"),
     ("train.py", [*T, "--out_dir={tmp}/a", "--block_size=0"], "--block_size=0"),
     ("train.py", [*T, "--out_dir={tmp}/a", "--max_iters=-5"], "--max_iters=-5"),
     ("train.py", [*T, "--out_dir={tmp}/a", "--eval_interval=0"], "--eval_interval=0"),
