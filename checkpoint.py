@@ -222,6 +222,11 @@ def setup(config, fam, meta, device, pre, world, master, sharded_step=None):
     back. ValueError, in one line, for a checkpoint that does not fit the options."""
     o, resume = config, config["init_from"] == "resume"
     ckpt_path = os.path.join(o["out_dir"], "ckpt.pt")
+    if o["init_from"] == "scratch" or sharded_step:  # nothing allocated yet: a lower bound of the model and logits
+        V, n = meta["vocab_size"], 12 * o["n_layer"] * o["n_embd"] ** 2 + meta["vocab_size"] * o["n_embd"]
+        check_memory(n * (16 / (world if o["fsdp"] else 1) + 4 * (o["ema_decay"] > 0)) + o["batch_size"] * o["block_size"] * V * 8,
+                     f"the model and its logits (--n_layer={o['n_layer']}, --n_embd={o['n_embd']}, --batch_size="
+                     f"{o['batch_size']}, --block_size={o['block_size']})", device)
     model, ckpt = start("scratch" if sharded_step and resume else o["init_from"], fam, config, meta, device,
                         ckpt_path=ckpt_path, pre=pre and pre[:2])
     state = dict(iter_num=0, best_val=float("inf"), train_time=0.0, tokens=0,

@@ -135,6 +135,36 @@ def test_fsdp_two_processes_equal_one_and_resume_exactly(tiny_data, tmp_path):
     s = run("sample.py", f"--out_dir={tmp_path / 'p4'}", "--prompt=the cat", "--gen_length=8", "--block_length=8",
             "--num_samples=1")
     assert s.returncode == 0 and s.stdout.startswith("the cat"), s.stderr
+    # ... and into LLaDA's Hugging Face layout, which from_pretrained reads back to the same logits
+    hf = run("shard.py", str(tmp_path / "p4"), f"--hf={tmp_path / 'hf'}")
+    assert hf.returncode == 0, hf.stderr
+    from checkpoint import load
+    from pretrained import from_pretrained
+    a, b = load(str(tmp_path / "p4"))[0], from_pretrained(str(tmp_path / "hf"))[0]
+    x = torch.randint(0, 10, (1, 16))
+    assert torch.allclose(a(x), b(x), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_lora_under_ddp_and_fsdp(tiny_data, tmp_path):
+    """LoRA over a trained out_dir under DDP and under FSDP (then resumed): the checkpoints hold adapters
+    alone, and both sample."""
+    base = str(tmp_path / "base")
+    args = [f"--dataset={tiny_data}", "--eval_interval=4", *TINY_TRAIN]
+    assert run("train.py", f"--out_dir={base}", "--max_iters=4", *args).returncode == 0
+    lo = ["--lora_r=4", "--lora_targets=q,v,down", f"--init_from={base}"]
+    for name, extra in (("ddp", []), ("fsdp", ["--fsdp=True"])):
+        r = torchrun(f"--out_dir={tmp_path / name}", "--max_iters=4", *lo, *extra, *args)
+        assert r.returncode == 0, r.stderr[-3000:]
+    r = torchrun(f"--out_dir={tmp_path / 'fsdp'}", "--init_from=resume", "--fsdp=True", "--max_iters=8", *args)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for name, steps in (("ddp", 4), ("fsdp", 8)):
+        ck = torch.load(tmp_path / name / "ckpt.pt", weights_only=True)
+        assert ck["iter_num"] == steps and ck["lora_base"] == base, name
+        assert len(ck["model"]) == 2 * 2 * 3 and all(".A." in k or ".B." in k for k in ck["model"]), sorted(ck["model"])
+        s = run("sample.py", f"--out_dir={tmp_path / name}", "--prompt=the cat", "--gen_length=8", "--block_length=8",
+                "--num_samples=1")
+        assert s.returncode == 0 and s.stdout.startswith("the cat"), s.stderr
 
 
 KILL = textwrap.dedent("""
