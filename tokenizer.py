@@ -66,17 +66,32 @@ def dataset_dir(dataset):
     return os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", dataset)
 
 
+class DataUnpickler(pickle.Unpickler):
+    """Unpickling of plain data only: dicts, lists, tuples, strings, numbers, what every prepare.py writes,
+    none of which names a class. A pickle runs code by naming a callable (a class or function it calls
+    while loading); here naming anything is refused before it is looked up, so a dataset file cannot run code."""
+
+    def find_class(self, module, name):
+        raise pickle.UnpicklingError(f"it names {module}.{name}, and a dataset file holds plain data only")
+
+
+def read_pickle(path):
+    """A dataset file's plain data (DataUnpickler)."""
+    with open(path, "rb") as f:
+        return DataUnpickler(f).load()
+
+
 def load_meta(data_dir):
     """The dataset's meta.pkl; ValueError, with what is wrong in one line, when it is missing or unreadable."""
     path = os.path.join(data_dir, "meta.pkl")
     if not os.path.isfile(path):
         raise ValueError(f"{path} not found: prepare the dataset first (python {data_dir}/prepare.py)")
     try:
-        with open(path, "rb") as f:
-            meta = pickle.load(f)
+        meta = read_pickle(path)
         assert isinstance(meta, dict) and {"tokenizer", "vocab_size", "mask_id"} <= set(meta), "missing keys"
     except Exception as e:
-        raise ValueError(f"{path} is not a valid meta.pkl ({type(e).__name__}: {e})")
+        raise ValueError(f"{path} is not a valid meta.pkl ({type(e).__name__}: {e}); prepare it again "
+                         f"(python {data_dir}/prepare.py)")
     return meta
 
 
@@ -221,10 +236,10 @@ def load_sft(data_dir, split, block_size, vocab_size):
     if not os.path.isfile(path):
         raise ValueError(f"{path} not found: the dataset has no {split} split")
     try:
-        with open(path, "rb") as f:
-            records = [(list(r[0]), list(r[1]), list(r[2]) if len(r) > 2 else []) for r in pickle.load(f)]
+        records = [(list(r[0]), list(r[1]), list(r[2]) if len(r) > 2 else []) for r in read_pickle(path)]
     except Exception as e:
-        raise ValueError(f"{path} is not a list of (prompt, response[, holes]) id lists ({type(e).__name__}: {e})")
+        raise ValueError(f"{path} is not a list of (prompt, response[, holes]) id lists ({type(e).__name__}: {e}); "
+                         f"prepare it again (python {data_dir}/prepare.py)")
     for k, (p, r, h) in enumerate(records):  # here, once, not as an index error deep in a forward
         for what, items, n, where in (("token", p + r, vocab_size, f"an id in [0, {vocab_size})"),
                                       ("hole", h, len(p), f"a position in its prompt of {len(p)} tokens")):

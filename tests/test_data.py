@@ -106,3 +106,56 @@ def test_sft_records_are_checked_when_opened(tmp_path):
             load_sft(tmp_path, "train", 8, 5)
     with pytest.raises(ValueError, match="has no val split"):
         load_sft(tmp_path, "val", 8, 5)
+
+
+class Payload:
+    """A pickle that runs code when loaded: it calls open(marker, "w"), creating the file."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def evil_folder(tmp_path, tiny_data, which):
+    """A copy of the tiny dataset whose meta.pkl (or, with a valid meta, train_sft.pkl) carries a payload."""
+    folder, marker = tmp_path / which, tmp_path / f"{which}.ran"
+    shutil.copytree(tiny_data, folder)
+    meta = pickle.load(open(folder / "meta.pkl", "rb"))
+    if which == "meta":
+        pickle.dump(dict(meta, payload=Payload(str(marker))), open(folder / "meta.pkl", "wb"))
+    else:  # a task's records (bench.py reads them as its prompts)
+        pickle.dump(dict(meta, task="automaton"), open(folder / "meta.pkl", "wb"))
+        for split in ("train", "val", "test"):
+            pickle.dump([([1, 2], [3], Payload(str(marker)))], open(folder / f"{split}_sft.pkl", "wb"))
+    return str(folder), marker
+
+
+@pytest.mark.parametrize("which", ["meta", "sft"])
+def test_a_dataset_file_cannot_run_code(tiny_data, tmp_path, which):
+    """meta.pkl and *_sft.pkl are read as plain data (tokenizer.DataUnpickler): a pickle that would call
+    open() is refused in one line before anything is called, and the file it would create never appears."""
+    from tokenizer import load_meta
+    folder, marker = evil_folder(tmp_path, tiny_data, which)
+    with pytest.raises(ValueError, match="plain data only") as e:
+        load_meta(folder) if which == "meta" else load_sft(folder, "train", 32, 17)
+    assert "\n" not in str(e.value) and "prepare it again" in str(e.value) and not marker.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("which", ["meta", "sft"])
+def test_no_script_runs_a_dataset_files_code(tiny_data, tmp_path, which):
+    """train.py, eval.py and bench.py given such a folder: one line, non-zero exit, no file created."""
+    folder, marker = evil_folder(tmp_path, tiny_data, which)
+    out = str(tmp_path / "ckpt")
+    from conftest import TINY_TRAIN
+    assert run("train.py", f"--dataset={tiny_data}", f"--out_dir={out}", "--max_iters=0", *TINY_TRAIN).returncode == 0
+    for cmd in (["train.py", f"--dataset={folder}", f"--out_dir={tmp_path / 'x'}", "--max_iters=1", *TINY_TRAIN],
+                ["eval.py", "--mode=accuracy", f"--ckpts={out}", f"--dataset={folder}"],
+                ["bench.py", "--what=fast", f"--out_dir={out}", f"--dataset={folder}", "--lengths=32"]):
+        r = run(*cmd)
+        last = r.stderr.strip().splitlines()[-1] if r.stderr.strip() else ""
+        assert r.returncode != 0 and last.startswith("error:") and "plain data only" in last, (cmd, r.stderr[-800:])
+        assert "Traceback" not in r.stderr, (cmd, r.stderr[-800:])
+        assert not marker.exists(), cmd
