@@ -25,7 +25,7 @@ import lora
 import shard
 from configurator import cast, check_memory, command_line_keys
 from model import GPT, GPTConfig
-from pretrained import from_pretrained
+from pretrained import check_config, from_pretrained
 from tokenizer import fitting, recode, same_tokens, write_files
 
 SHAPE = ("n_layer", "n_head", "n_embd", "dropout")  # what a resumed or fine-tuned model keeps
@@ -52,7 +52,7 @@ def load(path, device="cpu", hint="train one first: python train.py config/shake
             if ema:  # to sample or evaluate: folded into the base weights (a resume trains them apart)
                 lora.merge(model)
         else:
-            model = GPT(GPTConfig(**ckpt["model_args"]))
+            model = GPT(check_config(GPTConfig(**ckpt["model_args"]), path))
             sd = ckpt["ema"] if ema and "ema" in ckpt else ckpt["model"]
             # checkpoints written before model.py named its transformer layers `layers` call them `blocks`
             model.load_state_dict({"layers." + k[7:] if k.startswith("blocks.") else k: v for k, v in sd.items()})

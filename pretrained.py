@@ -159,6 +159,29 @@ def qwen_names(cfg):
     return names
 
 
+LIMITS = dict(block_size=(1, 2**20), vocab_size=(2, 2**22), n_layer=(1, 1024), n_head=(1, 4096), n_embd=(2, 2**17),
+              n_hidden=(0, 2**20), n_kv_head=(0, 4096), head_dim=(0, 2**14), bd3_block=(0, 2**20))  # what builds
+
+
+def check_config(cfg, folder):
+    """Every setting of a model's config (a mapped config.json, a ckpt.pt's model_args) checked (type, range,
+    consistency) before anything is built: ValueError in one line naming it."""
+    for k, (lo, hi) in LIMITS.items():
+        v = getattr(cfg, k)
+        if type(v) is not int or not lo <= v <= hi:
+            raise ValueError(f"{folder}: its config gives {k}={v!r}; model.py needs an integer in [{lo}, {hi}]")
+    for k in ("norm_eps", "rope_theta"):
+        v = getattr(cfg, k)
+        if type(v) not in (int, float) or not 0 < v < float("inf"):
+            raise ValueError(f"{folder}: its config gives {k}={v!r}; model.py needs a finite positive number")
+    if type(cfg.mask_id) is not int or not 0 <= cfg.mask_id < cfg.vocab_size:
+        raise ValueError(f"{folder}: its [MASK] id {cfg.mask_id!r} is not an id below vocab_size {cfg.vocab_size}")
+    if (not cfg.head_dim and cfg.n_embd % cfg.n_head) or cfg.d_head % 2 or cfg.n_head % (cfg.n_kv_head or cfg.n_head):
+        raise ValueError(f"{folder}: its head counts do not fit: {cfg.n_head} heads of width {cfg.d_head} "
+                         f"(hidden {cfg.n_embd}), {cfg.n_kv_head or cfg.n_head} key/value heads; RoPE needs an even width")
+    return cfg
+
+
 def read_config(folder):
     """(GPTConfig, family name, tensor names, EOS id) of a checkpoint folder's config.json; ValueError in one
     line for a layout not read here."""
@@ -166,15 +189,15 @@ def read_config(folder):
     kind, arch = cj.get("model_type"), cj.get("architectures")
     try:
         if kind == "llada" or "LLaDAModelLM" in (arch or []):
-            cfg, fam = llada_config(cj, folder), "mdlm"
+            cfg, fam = check_config(llada_config(cj, folder), folder), "mdlm"
             names = llada_names(cfg.n_layer, cfg.tie)
         elif kind in QWEN:
             cfg, fam = qwen_config(cj, folder, kind)
-            names = qwen_names(cfg)
+            names = qwen_names(check_config(cfg, folder))
         else:
             raise ValueError(f"{folder}: config.json describes model_type={kind!r} ({', '.join(arch or []) or 'no '}"
                              f"architectures), not a layout read here: llada, {', '.join(QWEN)}")
-    except (KeyError, TypeError) as e:
+    except (KeyError, TypeError, ZeroDivisionError) as e:
         raise ValueError(f"{folder}: config.json lacks {kind}'s {e} (or has a wrong type there)")
     gen = os.path.join(folder, "generation_config.json")  # its stop token, where it has one (SDAR: <|im_end|> first)
     eos = read_json(gen, "").get("eos_token_id") if os.path.isfile(gen) else None
@@ -202,6 +225,9 @@ def from_pretrained(path, device="cpu"):
         where = read_json(index, "").get("weight_map")
         if not isinstance(where, dict):
             raise ValueError(f"{index} has no weight_map")
+        bad = next((f for f in where.values() if not isinstance(f, str) or os.path.basename(f) != f or f in ("", ".", "..")), None)
+        if bad is not None:  # shards are files of the folder itself, never a path out of it
+            raise ValueError(f"{index} names {bad!r} as a shard: a file name in {folder} only")
     elif os.path.isfile(os.path.join(folder, "model.safetensors")):
         where = None  # every tensor in the one file
     else:

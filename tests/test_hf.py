@@ -371,3 +371,37 @@ def test_bad_folders_are_one_line_errors(cli_folder, tmp_path):
         if r.returncode == 0 or not last.startswith("error:") or "Traceback" in r.stderr or words not in last:
             wrong.append(f"{name}: exit {r.returncode}, stderr {r.stderr[-600:]!r}")
     assert not wrong, "\n".join(wrong)
+
+
+@pytest.mark.parametrize("change,words", [(dict(n_heads=3, n_kv_heads=3), "head counts"),
+                                          (dict(n_heads=0, n_kv_heads=0), "n_head=0"),
+                                          (dict(n_layers="2"), "n_layer='2'"),
+                                          (dict(max_sequence_length=-5), "block_size=-5"),
+                                          (dict(mask_token_id=10**6), "[MASK] id 1000000"),
+                                          (dict(rope_theta=float("inf")), "rope_theta=inf")])
+def test_config_values_are_checked_before_the_model_is_built(tmp_path, change, words):
+    """Every value of a LLaDA config.json is checked (type, range, consistency) before anything is built: one
+    line naming it, not an AssertionError, a ZeroDivisionError or a huge allocation from inside model.py."""
+    folder = str(tmp_path / "bad")
+    write_tiny_llada(folder)
+    cj = json.load(open(os.path.join(folder, "config.json")))
+    json.dump(dict(cj, **change), open(os.path.join(folder, "config.json"), "w"))
+    with pytest.raises(ValueError) as e:
+        from_pretrained(folder)
+    assert words in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
+def test_a_checkpoint_whose_config_is_out_of_range_is_one_line(tmp_path):
+    """A ckpt.pt whose model_args hold a [MASK] id past the vocabulary is refused when loaded (check_config),
+    not an IndexError at the first forward."""
+    import checkpoint
+    from conftest import tiny_model
+    model = tiny_model()
+    meta = dict(tokenizer="char", vocab_size=12, mask_id=11, stoi={}, itos={})
+    checkpoint.save(str(tmp_path), model, None, dict(objective="mdlm"), meta, iter_num=0, best_val=1.0)
+    ck = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    ck["model_args"]["mask_id"] = ck["meta"]["mask_id"] = 10**6
+    torch.save(ck, tmp_path / "ckpt.pt")
+    with pytest.raises(ValueError, match=r"\[MASK\] id 1000000") as e:
+        checkpoint.load(str(tmp_path))
+    assert "1000000" in str(e.value) and "\n" not in str(e.value)

@@ -297,13 +297,26 @@ def bad_config(tmp_path, name, source, **change):
 
 def test_bad_configs_are_one_line_errors(tiny, tmp_path):
     """An unknown model_type, head counts that do not divide, a sliding window, a missing [MASK], a tied head
-    the weights do not tie: ValueError naming it (sample.py prints it as 'error: ...')."""
+    the weights do not tie, values of the wrong type or range (NaN, strings, 1e10), a shard index naming a file
+    outside the folder: ValueError naming it, before anything is built (sample.py prints it as 'error: ...')."""
     dream, sdar, v2 = tiny["dream"][0], tiny["sdar"][0], tiny["fast_dllm_v2"][0]
     cases = [(bad_config(tmp_path, "unknown", dream, model_type="llada2_moe"), "llada2_moe"),
              (bad_config(tmp_path, "heads", sdar, num_key_value_heads=3), "num_key_value_heads=3"),
              (bad_config(tmp_path, "window", dream, use_sliding_window=True), "use_sliding_window"),
              (bad_config(tmp_path, "hidden", dream, hidden_size=30), "head counts"),
-             (bad_config(tmp_path, "untied", v2, tie_word_embeddings=False), "lm_head.weight")]
+             (bad_config(tmp_path, "untied", v2, tie_word_embeddings=False), "lm_head.weight"),
+             (bad_config(tmp_path, "nan", dream, rope_theta=float("nan")), "rope_theta=nan"),
+             (bad_config(tmp_path, "str", sdar, num_hidden_layers="2"), "n_layer='2'"),
+             (bad_config(tmp_path, "float", sdar, num_hidden_layers=2.5), "n_layer=2.5"),
+             (bad_config(tmp_path, "huge", dream, max_position_embeddings=1e10), "block_size=10000000000.0"),
+             (bad_config(tmp_path, "negative", dream, max_position_embeddings=-5), "block_size=-5"),
+             (bad_config(tmp_path, "mask", dream, mask_token_id=10**6), "no [MASK] token below vocab_size"),
+             (bad_config(tmp_path, "eps", sdar, rms_norm_eps="x"), "norm_eps='x'"),
+             (bad_config(tmp_path, "zero", dream, num_attention_heads=0), "head counts")]
+    index = bad_config(tmp_path, "index", dream)  # a shard index that names a file outside the folder
+    json.dump({"weight_map": {"model.embed_tokens.weight": "../model.safetensors"}},
+              open(os.path.join(index, "model.safetensors.index.json"), "w"))
+    cases.append((index, "a file name in"))
     nomask = bad_config(tmp_path, "nomask", v2)
     os.remove(os.path.join(nomask, "tokenizer.json"))
     cases.append((nomask, "[MASK]"))
