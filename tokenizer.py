@@ -6,8 +6,10 @@ checks a split passes when it is opened (check_stream, load_sft), and the SFT da
 
 import os
 import pickle
+import signal
 import subprocess
 import sys
+import threading
 
 import numpy as np
 
@@ -164,24 +166,57 @@ def hf_tokenizer(folder):
         raise ValueError(f"{path} is not a tokenizers tokenizer.json ({type(e).__name__}: {str(e)[:100]})")
 
 
+CHAT_LIMIT, CHAT_SECONDS = 10**6, 5.0  # what a chat template may write, and for how long
+
+
+def too_slow(*_):
+    raise TimeoutError(f"{CHAT_SECONDS:g} s passed")
+
+
 def chat_prompt(meta, text):
     """text as one user turn of an Instruct model's chat, followed by the opening of the assistant's turn:
     the chat_template of the checkpoint's tokenizer_config.json (a jinja2 template, as transformers renders
-    it, in jinja2's sandbox: the template comes from a downloaded file)."""
+    it, in jinja2's sandbox: the template comes from a downloaded file), bounded in what it writes
+    (CHAT_LIMIT characters, no operation building more), how long it runs and how deep it recurses."""
     if meta["tokenizer"] != "hf":
         raise ValueError("--chat is for pretrained Instruct models (--init_from); this model has no chat format")
     tc = read_json(os.path.join(meta["path"], "tokenizer_config.json"), "the checkpoint's chat template")
     if not isinstance(tc.get("chat_template"), str):
         raise ValueError(f"{meta['path']}/tokenizer_config.json has no chat_template: --chat is for Instruct models")
     from jinja2 import TemplateError
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
+    from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+
+    class Bounded(ImmutableSandboxedEnvironment):  # no operation builds a value of more than CHAT_LIMIT characters
+        intercepted_binops = frozenset(["*", "**"])
+
+        def call_binop(self, context, operator, left, right):
+            sized = [v for v in (left, right) if isinstance(v, (str, list, tuple))]
+            counts = [v for v in (left, right) if isinstance(v, int)]
+            if operator == "*" and sized and counts and len(sized[0]) * max(counts[0], 0) > CHAT_LIMIT or \
+                    operator == "**" and counts and abs(right if isinstance(right, int) else 0) > 64:
+                raise SecurityError(f"{operator} would build a value past {CHAT_LIMIT:,} characters")
+            return super().call_binop(context, operator, left, right)
+
     special = {k: v.get("content") if isinstance(v, dict) else v for k, v in tc.items() if k.endswith("_token")}
+    where = f"{meta['path']}/tokenizer_config.json: the chat template"
+    bounded = threading.current_thread() is threading.main_thread()  # a timer can interrupt the main thread only
+    if bounded:
+        previous = signal.signal(signal.SIGALRM, too_slow)
+        signal.setitimer(signal.ITIMER_REAL, CHAT_SECONDS)
     try:
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-        return env.from_string(tc["chat_template"]).render(messages=[{"role": "user", "content": text}],
-                                                           add_generation_prompt=True, **special)
-    except TemplateError as e:
-        raise ValueError(f"{meta['path']}/tokenizer_config.json: the chat template fails ({type(e).__name__}: {e})")
+        out = []
+        for piece in Bounded(trim_blocks=True, lstrip_blocks=True).from_string(tc["chat_template"]).generate(
+                messages=[{"role": "user", "content": text}], add_generation_prompt=True, **special):
+            out.append(piece)
+            if sum(map(len, out)) > CHAT_LIMIT:
+                raise SecurityError(f"its output passes {CHAT_LIMIT:,} characters")
+        return "".join(out)
+    except (TemplateError, TimeoutError, RecursionError, MemoryError, OverflowError) as e:
+        raise ValueError(f"{where} fails ({type(e).__name__}: {str(e)[:200]})")
+    finally:
+        if bounded:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
 
 
 def recode(records, task_meta, meta, shots=(), chat=False):

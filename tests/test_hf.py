@@ -405,3 +405,24 @@ def test_a_checkpoint_whose_config_is_out_of_range_is_one_line(tmp_path):
     with pytest.raises(ValueError, match=r"\[MASK\] id 1000000") as e:
         checkpoint.load(str(tmp_path))
     assert "1000000" in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("template,words", [("{{ 'x' * 10**10 }}", "SecurityError"),
+                                            pytest.param("{% for i in range(100000) %}{% for j in range(100000) %}"
+                                                         "x{% endfor %}{% endfor %}", "TimeoutError",
+                                                         marks=pytest.mark.slow),  # it runs for CHAT_SECONDS
+                                            ("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", "RecursionError"),
+                                            ("{% for i in range(100000) %}{{ 'y' * 100 }}{% endfor %}", "output passes")])
+def test_a_chat_template_is_bounded(tiny, tmp_path, template, words):
+    """A template that would write gigabytes, loop for hours or recurse without end stops in one line within
+    a few seconds (tokenizer.chat_prompt's bounds)."""
+    import time
+    import tokenizer
+    folder = str(tmp_path / "t")
+    shutil.copytree(tiny[0], folder)
+    tc = json.load(open(os.path.join(folder, "tokenizer_config.json")))
+    json.dump(dict(tc, chat_template=template), open(os.path.join(folder, "tokenizer_config.json"), "w"))
+    t0 = time.time()
+    with pytest.raises(ValueError, match=words) as e:
+        tokenizer.chat_prompt(dict(tokenizer="hf", path=folder), "hi")
+    assert "\n" not in str(e.value) and time.time() - t0 < tokenizer.CHAT_SECONDS + 2
