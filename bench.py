@@ -25,7 +25,9 @@ import torch
 from configurator import (MAX_STEPS, PATH, POSITIVE, SEED, check, check_device, check_memory, configure, fail, one_of,
                           rule)
 from eval import generated, load_judge, quality, score, task_records, val_prompts
-from families import load, pretrained
+from families import FAMILIES, load, pretrained
+from model import GPT, rope_tables
+from pretrained import read_config
 from sample import SAMPLE_OPTIONS, canvas, cut_at_eos, left_pad, option_defaults, option_rules, sampling
 from tokenizer import dataset_dir, load_meta, same_tokens
 
@@ -224,9 +226,6 @@ def bench_cost(model, fam, P, L, seed=1337):
 def random_model(folder, dtype=torch.bfloat16):
     """(model in eval mode, family) of a checkpoint's shape with random weights N(0, 0.02), in dtype: its
     config.json read as from_pretrained reads it (pretrained.read_config), its weights never."""
-    from model import GPT, rope_tables
-    from pretrained import read_config
-    from families import FAMILIES
     cfg, fam, _, _ = read_config(folder)
     with torch.device("meta"):
         model = GPT(cfg)

@@ -231,12 +231,10 @@ def setup(config, fam, meta, device, pre, world, master, sharded_step=None):
                         ckpt_path=ckpt_path, pre=pre and pre[:2])
     state = dict(iter_num=0, best_val=float("inf"), train_time=0.0, tokens=0,
                  lora_base=ckpt.get("lora_base") if resume and ckpt else o["init_from"])  # the base LoRA adapts
-    down = model.layers[0].mlp.down
-    hidden = getattr(down, "base", down).in_features  # the SwiGLU width (LoRA's wrapper holds the base)
     if o["lora_r"] and not (resume and ckpt):  # a resumed single-file LoRA checkpoint brings its adapters (load)
         lora.apply(model, o["lora_targets"], o["lora_r"], o["lora_alpha"], o["lora_dropout"])
     model.act_ckpt = o["act_ckpt"]
-    plan, line = shard.plan_for(model, config, world, hidden)
+    plan, line = shard.plan_for(model, config, world)
     if master:
         print(line)
     if o["dry_run"]:

@@ -133,8 +133,3 @@ def merge(model):
                     setattr(parent, leaf, m.merged())
     return model
 
-
-def count(model):
-    """Trainable (adapter) parameters."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-

@@ -128,10 +128,12 @@ def show_plan(p):
     return " + ".join(f"{k} {v / 2**30:,.2f}" for k, v in p.items()) + f" = {sum(p.values()) / 2**30:,.2f} GiB per process"
 
 
-def plan_for(model, o, world, hidden):
+def plan_for(model, o, world):
     """(plan, the line train.py prints) of a model (LoRA applied; the meta device will do) under train.py's
-    options o on world processes; hidden: its SwiGLU width."""
+    options o on world processes."""
     c, trainable = model.config, sum(p.numel() for p in model.parameters() if p.requires_grad)
+    down = model.layers[0].mlp.down
+    hidden = getattr(down, "base", down).in_features  # the SwiGLU width (LoRA's wrapper holds the base)
     p = plan(model.num_params(), trainable if o["lora_r"] else model.num_params(), c.n_layer, c.n_embd, hidden,
              c.vocab_size, o["batch_size"] * o["block_size"], world, fsdp=o["fsdp"], act_ckpt=o["act_ckpt"],
              base_bytes=model.wte.weight.element_size(), compute_bytes=4 if o["dtype"] == "float32" else 2)

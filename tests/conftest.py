@@ -34,6 +34,16 @@ def write_char_dataset(folder, text):
     return prep.prepare(text, folder)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread while a test file runs (pytestmark = pytest.mark.usefixtures("one_thread")): its tensors
+    are tiny, and two threads on two cores shared with other jobs spend their time waiting for each other."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory):
     folder = str(tmp_path_factory.mktemp("data") / "tiny")

@@ -29,14 +29,7 @@ def load_folder(path, device="cpu"):
     return from_pretrained(path, device)[0]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread while this file runs: its tensors are tiny, and two threads on two cores shared
-    with other jobs spend their time waiting for each other."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: its tensors are tiny
 
 
 @pytest.fixture(scope="module")

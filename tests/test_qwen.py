@@ -26,13 +26,7 @@ from qwen_tiny import (ENDOFTEXT, IM_END, IM_START, MASK, block_causal, dream_ge
 LAYOUTS = ("dream", "fast_dllm_v2", "sdar", "a2d")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: the tensors are tiny (see tests/test_hf.py)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: the tensors are tiny
 
 
 @pytest.fixture(scope="module")
